@@ -1,0 +1,159 @@
+"""Meta objectives: how a look-ahead model is judged on the labelled target data.
+
+An objective is any callable ``objective(model) -> scalar tensor`` where `model` is the
+look-ahead view (callable like the user's model, with ``.features``). The two classes
+here draw their own seeded batches from a labelled target dataset given to `bind`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from betaweighter.data.episodes import EpisodeSampler
+from betaweighter.data.labels import labels_of
+
+Features = Callable[[Any, Tensor], Tensor]
+
+
+def _gather(dataset: Any, indices: np.ndarray, device: torch.device) -> tuple[Tensor, Tensor]:
+    items = [dataset[int(i)] for i in indices]
+    x = torch.stack([torch.as_tensor(it[0]) for it in items]).to(device)
+    y = torch.as_tensor([int(it[1]) for it in items], device=device)
+    return x, y
+
+
+def _embed(model: Any, x: Tensor, features: Features | str | None) -> Tensor:
+    if callable(features):
+        out = features(model, x)
+    elif isinstance(features, str):
+        out = model.call(features, x)
+    elif callable(getattr(model.module, "features", None)):
+        out = model.features(x)
+    else:
+        out = model(x)
+    return out.flatten(1)
+
+
+class MetaObjective:
+    """Base for objectives that sample from a labelled target dataset."""
+
+    dataset: Any = None
+
+    def bind(self, dataset: Any) -> MetaObjective:
+        if len(dataset) == 0:
+            raise ValueError("the labelled target dataset is empty")
+        self.dataset = dataset
+        return self
+
+    def _check_bound(self) -> None:
+        if self.dataset is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no target data: pass target=your_labelled_dataset "
+                "to MetaWeighter (or call objective.bind(dataset))"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class PrototypicalLoss(MetaObjective):
+    """Prototypical-network loss on a fresh N-way K-shot episode per call
+    (Snell, Swersky and Zemel, NeurIPS 2017), the meta objective of BDW on STL-10.
+
+    Prototypes are the mean support embeddings per class; query logits are the negative
+    squared Euclidean distances to the prototypes; the loss is their cross-entropy.
+    Support and query go through the network in one batch (train-mode BatchNorm sees the
+    whole episode, as in the reference code).
+
+    Args:
+        way, shot, query: episode shape (the paper: 10, 10, 10 = 200 images).
+        features: how to embed: None uses ``model.features`` when the model has it (else
+            the model's output), a string names another method, or a callable
+            ``(model, x) -> embeddings``.
+        seed: seeds the episode sequence.
+    """
+
+    def __init__(
+        self, way: int, shot: int, query: int, features: Features | str | None = None, seed: int = 0
+    ) -> None:
+        self.way, self.shot, self.query = int(way), int(shot), int(query)
+        self.features = features
+        self.seed = int(seed)
+        self.sampler: EpisodeSampler | None = None
+
+    def bind(self, dataset: Any) -> PrototypicalLoss:
+        super().bind(dataset)
+        self.sampler = EpisodeSampler(
+            labels_of(dataset), self.way, self.shot, self.query, self.seed
+        )
+        return self
+
+    def __call__(self, model: Any) -> Tensor:
+        self._check_bound()
+        s_idx, q_idx, _ = self.sampler.sample()
+        x, _ = _gather(self.dataset, np.concatenate([s_idx, q_idx]), model.device)
+        emb = _embed(model, x, self.features)
+        n_support = self.way * self.shot
+        prototypes = emb[:n_support].view(self.way, self.shot, -1).mean(1)
+        logits = -torch.cdist(emb[n_support:], prototypes).pow(2)
+        labels = torch.arange(self.way, device=emb.device).repeat_interleave(self.query)
+        return F.cross_entropy(logits, labels)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.sampler is None else self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.sampler is not None and state:
+            self.sampler.load_state_dict(state)
+
+
+class ClassificationLoss(MetaObjective):
+    """Cross-entropy of the look-ahead model's output on a seeded batch of labelled target
+    data (the batches walk through shuffled epochs of the target set).
+
+    Args:
+        batch_size: target items per call.
+        head: None uses the model's output as logits; a callable ``(model, x) -> logits``
+            otherwise (for example a linear head on the features).
+        seed: seeds the shuffling.
+    """
+
+    def __init__(
+        self, batch_size: int = 64, head: Features | None = None, seed: int = 0
+    ) -> None:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.head = head
+        self.rng = np.random.default_rng(seed)
+        self._order = np.empty(0, dtype=np.int64)
+
+    def _next_indices(self) -> np.ndarray:
+        n = len(self.dataset)
+        while len(self._order) < min(self.batch_size, n):
+            self._order = np.concatenate([self._order, self.rng.permutation(n)])
+        take, self._order = self._order[: self.batch_size], self._order[self.batch_size:]
+        return take
+
+    def __call__(self, model: Any) -> Tensor:
+        self._check_bound()
+        x, y = _gather(self.dataset, self._next_indices(), model.device)
+        logits = self.head(model, x) if self.head is not None else model(x)
+        return F.cross_entropy(logits, y)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "order": self._order.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.rng.bit_generator.state = state["rng"]
+            self._order = np.asarray(state["order"], dtype=np.int64)
