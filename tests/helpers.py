@@ -1,0 +1,77 @@
+"""Small models and data shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from betaweighter.models import conv_net
+
+
+def tiny_convnet(seed: int = 0, dtype: torch.dtype = torch.float64,
+                 num_classes: int = 4) -> nn.Module:
+    """A 2-block conv net with BatchNorm, small enough for float64 finite differences."""
+    torch.manual_seed(seed)
+    return conv_net(num_classes=num_classes, width=4, blocks=2).to(dtype)
+
+
+def images(n: int, seed: int = 0, size: int = 8,
+           dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g, dtype=dtype)
+
+
+def labelled(n: int, classes: int, seed: int = 1, size: int = 8,
+             dtype: torch.dtype = torch.float64) -> torch.utils.data.TensorDataset:
+    x = images(n, seed, size, dtype)
+    y = torch.arange(n) % classes
+    return torch.utils.data.TensorDataset(x, y)
+
+
+def label_noise_problem(seed: int = 0, n: int = 512, classes: int = 4, dim: int = 8):
+    """Gaussian blobs where half the pool has flipped labels; clean labelled target data.
+
+    Returns (x, noisy_labels, flipped_mask, target_dataset). A good weighting method
+    should give the flipped half lower weights than the clean half.
+    """
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=g) * 2.0
+
+    def draw(m):
+        y = torch.randint(0, classes, (m,), generator=g)
+        return centres[y] + torch.randn(m, dim, generator=g), y
+
+    x, y = draw(n)
+    tx, ty = draw(200)
+    flipped = torch.zeros(n, dtype=torch.bool)
+    flipped[torch.randperm(n, generator=g)[: n // 2]] = True
+    noisy = y.clone()
+    shift = torch.randint(1, classes, (int(flipped.sum()),), generator=g)
+    noisy[flipped] = (y[flipped] + shift) % classes
+    return x, noisy, flipped, torch.utils.data.TensorDataset(tx, ty)
+
+
+def train_on_label_noise(weights, seed: int = 0, epochs: int = 6, weight_lr: float = 50.0,
+                         **meta_kwargs):
+    """Supervised training on `label_noise_problem` wrapped with MetaWeighter (meta
+    objective: classification on the clean target). Returns (final mean weights, flipped)."""
+    import torch.nn.functional as F
+
+    import betaweighter as bw
+
+    x, noisy, flipped, target = label_noise_problem(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(x.shape[1], 32), nn.ReLU(), nn.Linear(32, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    meta = bw.MetaWeighter(model, weights, opt, bw.ClassificationLoss(64, seed=seed),
+                           target=target, weight_lr=weight_lr, **meta_kwargs)
+    g = torch.Generator().manual_seed(seed + 1)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), 32):
+            idx = perm[i:i + 32]
+            y = noisy[idx]
+            meta.backward(x[idx], lambda out, y=y: F.cross_entropy(out, y, reduction="none"), idx)
+            opt.step()
+            opt.zero_grad()
+    return weights.mean().detach(), flipped
