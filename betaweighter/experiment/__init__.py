@@ -1,0 +1,1 @@
+"""YAML-driven experiments: config schema, the reference recipe, runs, checkpoints, plots."""
