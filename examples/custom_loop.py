@@ -44,8 +44,11 @@ def main(epochs: int = 2, pool_size: int | None = None) -> None:
     for epoch in range(epochs):
         for images, idx in loader:
             inputs, labels = bw.rotate4(images)
-            loss = meta.backward(inputs, lambda out: F.cross_entropy(                 # + betaweighter
-                out, labels, reduction="none"), idx)         # replaces loss.backward()
+
+            def per_sample_loss(out, labels=labels):
+                return F.cross_entropy(out, labels, reduction="none")
+
+            loss = meta.backward(inputs, per_sample_loss, idx)  # + betaweighter: was .backward()
             optimizer.step()
             optimizer.zero_grad()
         w = weights.mean()
