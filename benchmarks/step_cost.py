@@ -32,6 +32,14 @@ METHODS = {
     "bdw": lambda n: bw.BetaWeights(n),
     "dw": lambda n: bw.PointWeights(n),
     "rotnet": lambda n: bw.UniformWeights(n),
+    # strict=False: the "plain" timing calls sample() outside MetaWeighter
+    "l2rw": lambda n: bw.L2RW(n, strict=False),
+    "weightnet": lambda n: bw.WeightNet(n),
+    "nn": lambda n: bw.NearestNeighbourWeights(n),  # fitted on the pool in _setup
+    "loss_hard": lambda n: bw.LossHeuristicWeights(n, "hard"),
+    "loss_easy": lambda n: bw.LossHeuristicWeights(n, "easy"),
+    "el2n": lambda n: bw.LossHeuristicWeights(n, "el2n"),
+    "random": lambda n: bw.RandomWeights(n),
 }
 
 
@@ -68,6 +76,8 @@ def _setup(case: dict, device: torch.device):
     ty = torch.arange(way).repeat_interleave(per_class)
     pool = torch.randn(4 * case["batch"], 3, case["size"], case["size"], device=device)
     weights = METHODS[case["method"]](len(pool)).to(device)
+    if isinstance(weights, bw.NearestNeighbourWeights):  # one-off, outside the timed steps
+        weights.fit(pool, tx)
     meta = bw.MetaWeighter(model, weights, opt, bw.PrototypicalLoss(way, shot, query),
                            target=torch.utils.data.TensorDataset(tx, ty), engine=case["engine"],
                            meta_gradient=case["meta_gradient"], every=case["every"])

@@ -9,8 +9,14 @@ from betaweighter import data
 from betaweighter.meta.objectives import ClassificationLoss, PrototypicalLoss
 from betaweighter.meta.weighter import MetaWeighter
 from betaweighter.pretext.rotation import rotate4
+from betaweighter.pruning import PruningScheduler
 from betaweighter.weights.beta import BetaWeights
+from betaweighter.weights.heuristics import LossHeuristicWeights
+from betaweighter.weights.l2rw import L2RW
+from betaweighter.weights.nearest import NearestNeighbourWeights
+from betaweighter.weights.network import WeightNet
 from betaweighter.weights.point import PointWeights
+from betaweighter.weights.random_control import RandomWeights
 from betaweighter.weights.uniform import UniformWeights
 
 __version__ = "0.1.0"
@@ -18,10 +24,16 @@ __version__ = "0.1.0"
 __all__ = [
     "BetaWeights",
     "ClassificationLoss",
+    "L2RW",
+    "LossHeuristicWeights",
     "MetaWeighter",
+    "NearestNeighbourWeights",
     "PointWeights",
     "PrototypicalLoss",
+    "PruningScheduler",
+    "RandomWeights",
     "UniformWeights",
+    "WeightNet",
     "data",
     "rotate4",
 ]

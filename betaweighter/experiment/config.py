@@ -16,7 +16,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-METHODS = ("bdw", "dw", "l2rw", "nn", "weightnet", "heuristic", "rotnet")
+METHODS = ("bdw", "dw", "l2rw", "nn", "weightnet", "heuristic", "random", "rotnet")
 
 
 class ConfigError(ValueError):

@@ -27,6 +27,7 @@ WEIGHT_CLASSES = {
     "nn": "NearestNeighbourWeights",
     "weightnet": "WeightNet",
     "heuristic": "LossHeuristicWeights",
+    "random": "RandomWeights",
 }
 
 
@@ -120,7 +121,7 @@ def build_meta(cfg: Config, model: torch.nn.Module, weights: InstanceWeights,
     objective = build_objective(cfg)
     try:
         return MetaWeighter(
-            model, weights, optimizer, objective, target=target if weights.learnable else None,
+            model, weights, optimizer, objective, target=target,
             weight_lr=m.weight_lr, weight_optimizer=m.weight_optimizer,
             weight_momentum=m.weight_momentum, engine=m.engine, every=m.every,
             normalise=m.normalise, inner_steps=m.inner_steps, meta_gradient=m.meta_gradient,
@@ -165,6 +166,8 @@ def build(cfg: Config, splits: Any = None) -> Components:
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     weights = build_weights(cfg, len(bundle.pool)).to(device)
+    if callable(getattr(weights, "fit", None)):  # NN-Weighter: distances to the target set
+        weights.fit(bundle.pool, bundle.target_train, model)
     meta = build_meta(cfg, model, weights, optimizer, bundle.target_train)
     pruner = build_pruner(cfg, weights, bundle.in_domain)
     return Components(bundle, model, model_config, optimizer, scheduler, weights, meta,

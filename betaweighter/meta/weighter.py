@@ -90,6 +90,11 @@ class MetaWeighter:
             )
         if int(every) < 1 or int(inner_steps) < 1:
             raise ValueError(f"every and inner_steps must be >= 1, got {every} and {inner_steps}")
+        if weights.two_pass and int(every) != 1:
+            raise ValueError(
+                f"{type(weights).__name__} computes each batch's weights from that batch's "
+                "meta-gradient, so it needs every=1"
+            )
         if not callable(objective):
             raise TypeError("objective must be callable: objective(lookahead_model) -> scalar")
         if target is not None:
@@ -99,7 +104,8 @@ class MetaWeighter:
                     "it; close over your target data in the callable instead"
                 )
             objective.bind(target)
-        elif isinstance(objective, MetaObjective) and objective.dataset is None:
+        elif (weights.learnable and isinstance(objective, MetaObjective)
+              and objective.dataset is None):
             raise ValueError(
                 f"{type(objective).__name__} needs labelled target data: pass "
                 "target=your_labelled_dataset"
@@ -183,10 +189,13 @@ class MetaWeighter:
         if self.engine == "higher":
             g_w, meta = engine.through_higher(step, self.optimizer)
         elif method == "forward":
-            loss = engine.weighted_mean(step.w_rows.detach(), losses, self.normalise)
-            all_g = torch.autograd.grad(loss, list(trainable.values()), allow_unused=True,
-                                        retain_graph=two_pass)
-            grads = dict(zip(trainable, all_g))
+            if not w.detach().any():  # e.g. L2RW's perturbation at 0: the gradient is zero
+                grads = {n: torch.zeros_like(p) for n, p in trainable.items()}
+            else:
+                loss = engine.weighted_mean(step.w_rows.detach(), losses, self.normalise)
+                all_g = torch.autograd.grad(loss, list(trainable.values()), allow_unused=True,
+                                            retain_graph=two_pass)
+                grads = dict(zip(trainable, all_g))
             g_w, meta = engine.forward_mode(
                 step, {n: g for n, g in grads.items() if n in vopt.tensors and g is not None})
         else:

@@ -53,6 +53,11 @@ class InstanceWeights(nn.Module):
     def project_(self) -> None:
         """Clamp parameters back into their valid range after an optimiser step."""
 
+    def on_epoch_end(self, epoch: int | None = None, model: nn.Module | None = None) -> bool:
+        """Called by the trainer after each epoch (e.g. to refresh distances); returns
+        whether anything changed. Nothing to do by default."""
+        return False
+
     # -- what pruning, logging and plots use --------------------------------------------
     def mean(self, indices: Tensor | None = None) -> Tensor:
         raise NotImplementedError

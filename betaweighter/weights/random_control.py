@@ -1,0 +1,64 @@
+"""Random weights: the control for any claim that a weighting method picks *useful* data.
+
+A learnt weighting is worth something only if it beats arbitrary non-uniform weights with
+the same mean. Two variants, both seeded and with mean 0.5 (BDW's starting mean):
+
+* fixed (default): each instance draws w_i ~ Uniform(0, 1) once, at construction, and
+  keeps it: a random but consistent preference, comparable with a learnt weight vector;
+* ``resample=True``: a fresh Uniform(0, 1) weight every time an instance is used. This is
+  BDW with its Beta(1, 1) initialisation and no learning: the sampling noise alone.
+
+For pruning and plots, `mean` is the fixed weight (0.5 with ``resample``), `std` is 0 for
+fixed weights and that of Uniform(0, 1) (1 / sqrt(12)) with ``resample``; `cdf` is a
+step on the fixed weight, and P(U <= value) with ``resample``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from betaweighter.weights.base import InstanceWeights
+
+
+class RandomWeights(InstanceWeights):
+    """Uniform(0, 1) weights that carry no information (a control).
+
+    Args:
+        num_instances: size of the unlabelled pool.
+        resample: draw new weights at every step instead of once per instance.
+        seed: seeds the draws (fixed weights and the per-step stream alike).
+    """
+
+    learnable = False
+
+    def __init__(self, num_instances: int, resample: bool = False, seed: int = 0) -> None:
+        super().__init__(num_instances)
+        self.resample = bool(resample)
+        self.seed = int(seed)
+        fixed = torch.rand(num_instances, generator=torch.Generator().manual_seed(self.seed))
+        self.register_buffer("fixed", fixed if not self.resample else torch.full_like(fixed, 0.5))
+        self.register_buffer("draws", torch.zeros((), dtype=torch.long))
+
+    def sample(self, indices: Tensor, losses: Tensor | None = None) -> Tensor:
+        rows = self._rows(indices)
+        if not self.resample:
+            return self.fixed[rows]
+        # The stream is a function of (seed, number of draws), so it survives a checkpoint.
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.draws) + 1)
+        self.draws += 1
+        return torch.rand(rows.numel(), generator=g).to(self.fixed)
+
+    def mean(self, indices: Tensor | None = None) -> Tensor:
+        return self.fixed[self._rows(indices)].clone()
+
+    def std(self, indices: Tensor | None = None) -> Tensor:
+        spread = 1.0 / math.sqrt(12.0) if self.resample else 0.0
+        return torch.full_like(self.fixed[self._rows(indices)], spread)
+
+    def cdf(self, value: float, indices: Tensor | None = None) -> Tensor:
+        if not self.resample:
+            return super().cdf(value, indices)
+        return torch.full_like(self.fixed[self._rows(indices)], min(max(float(value), 0.0), 1.0))

@@ -1,0 +1,159 @@
+"""L2RW (Ren et al., ICML 2018) against its definition, computed independently."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import images, one_thread, tiny_convnet  # noqa: F401 (a fixture)
+
+import betaweighter as bw
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_reweight_is_the_normalised_positive_part_of_the_negative_meta_gradient():
+    w = bw.L2RW(10)
+    w.sample(torch.tensor([1, 2, 3, 4]))
+    out = w.reweight(torch.zeros(4), torch.tensor([-1.0, 2.0, -3.0, 0.0]))
+    # max(-g, 0) = [1, 0, 3, 0], normalised to sum 1, scaled to sum 4 (the batch size)
+    torch.testing.assert_close(out, torch.tensor([1.0, 0.0, 3.0, 0.0]))
+    w.sample(torch.tensor([5, 6]))
+    torch.testing.assert_close(w.reweight(torch.zeros(2), torch.tensor([0.5, 0.0])),
+                               torch.ones(2))  # nothing helps: uniform
+    huge = torch.tensor([-1e38, -3e38, 1.0])  # whose sum overflows float32
+    torch.testing.assert_close(w.reweight(torch.zeros(3), huge), torch.tensor([0.75, 2.25, 0.0]))
+    with pytest.raises(ValueError, match="non-finite"):
+        w.reweight(torch.zeros(2), torch.tensor([float("nan"), -1.0]))
+
+
+def test_mean_is_a_bias_corrected_average_of_the_weights_given():
+    w = bw.L2RW(4, smoothing=0.5)
+    torch.testing.assert_close(w.mean(), torch.ones(4))  # unvisited: the uniform weight
+    for g in ([-1.0, -3.0], [-1.0, -1.0]):
+        w.sample(torch.tensor([0, 2]))
+        w.reweight(torch.zeros(2), torch.tensor(g))
+    # instance 0 got 0.5 then 1.0; the corrected average is (0.25 * 0.5 + 0.5 * 1) / 0.75
+    torch.testing.assert_close(w.mean(torch.tensor([0, 2, 1])),
+                               torch.tensor([0.625 / 0.75, 0.875 / 0.75, 1.0]))
+    torch.testing.assert_close(w.std(), torch.zeros(4))
+
+
+def _setup(seed=3):
+    model = tiny_convnet(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9, weight_decay=1e-3)
+    tx, ty = bw.rotate4(images(6, seed=7))  # target: the same task, clean labels
+    x, y = bw.rotate4(images(6, seed=8))
+    y = y.view(6, 4)
+    y[1::2] = (y[1::2] + 2) % 4  # every other training instance has wrong labels
+    y = y.flatten()
+    # one ordinary step first, so that the momentum buffers exist and matter
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    opt.zero_grad()
+    return model, opt, (x, y), (tx, ty)
+
+
+def _meta_after_real_step(model, opt, x, y, eps, tx, ty):
+    """M(theta') after a real torch.optim step on sum_rows eps_row * l_row / n."""
+    m = copy.deepcopy(model)
+    o = torch.optim.SGD(m.parameters(), lr=0.2, momentum=0.9, weight_decay=1e-3)
+    o.load_state_dict(copy.deepcopy(opt.state_dict()))
+    (eps.repeat_interleave(4) * F.cross_entropy(m(x), y, reduction="none")).mean().backward()
+    o.step()
+    return float(F.cross_entropy(m(tx), ty).detach())
+
+
+@pytest.mark.parametrize("engine,meta_gradient", [("func", "forward"),
+                                                  ("func", "double_backward"),
+                                                  ("higher", "auto")])
+def test_real_step_uses_l2rw_weights_from_finite_differences(engine, meta_gradient):
+    model, opt, (x, y), (tx, ty) = _setup()
+    reference = copy.deepcopy(model)
+    b = 6
+    # g_i = dM/d eps_i at eps = 0, by central differences over real optimiser steps
+    h = 1e-5
+    g = torch.empty(b, dtype=torch.float64)
+    for i in range(b):
+        e = torch.zeros(b, dtype=torch.float64)
+        e[i] = h
+        g[i] = (_meta_after_real_step(model, opt, x, y, e, tx, ty)
+                - _meta_after_real_step(model, opt, x, y, -e, tx, ty)) / (2 * h)
+    assert (g > 0).any() and (g < 0).any(), g  # the clamp at zero is exercised
+    expected = g.neg().clamp_min(0)
+    expected = expected / expected.sum() * b
+
+    weights = bw.L2RW(20).double()
+    meta = bw.MetaWeighter(model, weights, opt, lambda m: F.cross_entropy(m(tx), ty),
+                           engine=engine, meta_gradient=meta_gradient)
+    idx = torch.tensor([4, 0, 9, 13, 2, 17])
+    loss = meta.backward(x, lambda out: F.cross_entropy(out, y, reduction="none"), idx)
+    torch.testing.assert_close(weights.last_weights, expected, rtol=1e-6, atol=1e-8)
+
+    # the model's gradient is that of L2RW's weighted average, sum_i w~_i l_i, sum w~ = 1
+    rows = F.cross_entropy(reference(x), y, reduction="none").view(b, 4).mean(1)
+    ((expected / b) * rows).sum().backward()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-10)
+    torch.testing.assert_close(loss, ((expected / b) * rows).sum().detach())
+    torch.testing.assert_close(weights.mean(idx), expected)  # first visit: the weight itself
+
+
+def test_l2rw_changes_the_model():
+    # The reference code computed L2RW's weights but never stepped the model with them.
+    model, opt, (x, y), (tx, ty) = _setup()
+    before = [p.detach().clone() for p in model.parameters()]
+    meta = bw.MetaWeighter(model, bw.L2RW(6).double(), opt,
+                           lambda m: F.cross_entropy(m(tx), ty))
+
+    def train_loss():
+        with torch.no_grad():
+            return float(F.cross_entropy(model(x), y))
+
+    start = train_loss()
+    for _ in range(5):
+        meta.backward(x, lambda out: F.cross_entropy(out, y, reduction="none"), torch.arange(6))
+        assert sum(float(p.grad.norm()) for p in model.parameters()) > 1e-3
+        opt.step()
+        opt.zero_grad()
+    moved = sum(float((p.detach() - q).norm()) for p, q in zip(model.parameters(), before))
+    assert moved > 1e-2
+    assert train_loss() < start
+
+
+def _l2rw_step(**meta_kwargs):
+    """A fresh setup and a function doing one MetaWeighter step with L2RW on it."""
+    model, opt, (x, y), (tx, ty) = _setup()
+    weights = bw.L2RW(6).double()
+    meta = bw.MetaWeighter(model, weights, opt, lambda m: F.cross_entropy(m(tx), ty),
+                           **meta_kwargs)
+
+    def step():
+        meta.backward(x, lambda out: F.cross_entropy(out, y, reduction="none"), torch.arange(6))
+        return weights.last_weights
+
+    return step
+
+
+def test_every_call_must_be_a_meta_step():
+    step = _l2rw_step(every=2)
+    step()  # a meta step
+    step()  # no meta step: it trained on zero weights, detected at the next call
+    with pytest.raises(RuntimeError, match="every=1"):
+        step()
+
+
+def test_normalised_loss_works_through_the_double_backward_only():
+    plain = _l2rw_step(normalise=False, meta_gradient="forward")()
+    assert (plain == 0).any()
+    normalised = _l2rw_step(normalise=True, meta_gradient="double_backward")()
+    torch.testing.assert_close(normalised, plain)
+    with pytest.raises(ValueError, match="normalise=False"):  # 0 / 0 at w = 0
+        _l2rw_step(normalise=True, meta_gradient="forward")()
+
+
+def test_bad_smoothing():
+    with pytest.raises(ValueError, match="smoothing"):
+        bw.L2RW(3, smoothing=1.0)
