@@ -78,7 +78,7 @@ class MetaSection:
     query: int = field(default=10, metadata=_range(1))
     batch_size: int = field(default=64, metadata=_range(1))
     engine: Literal["func", "higher"] = "func"
-    meta_gradient: Literal["auto", "forward", "double_backward"] = "auto"
+    meta_gradient: Literal["auto", "forward", "finite_difference", "double_backward"] = "auto"
     every: int = field(default=1, metadata=_range(1))
     inner_steps: int = field(default=1, metadata=_range(1))
     normalise: bool = False

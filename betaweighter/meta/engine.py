@@ -8,8 +8,10 @@ theta'(w), and the meta objective M(theta'(w)) is differentiated w.r.t. w. Three
   supported optimiser and any number of unrolled steps.
 * ``forward`` (the fast path, SGD-type steps with one inner step): theta' = const - c * g(w)
   with g linear in w, so dM/dw_j = -(1/n) <c v, grad l_j> where v = dM/dtheta'. One
-  backward gives v and one forward-mode pass (`torch.func.jvp`) of the per-sample loss
+  backward gives v and one forward-mode pass (dual tensors) of the per-sample loss
   vector along c v gives every <c v, grad l_j> at once: no double backward.
+* ``finite_difference``: the same directional derivatives from two no-grad forwards at
+  theta +- h c v (an approximation, about 1e-4 relative in float32, and the cheapest).
 * ``higher``: the same look-ahead through the `higher` library's differentiable
   optimiser, to cross-check the others and for users of higher.
 """
@@ -22,13 +24,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jvp
+from torch.autograd import forward_ad as fwAD
+from torch.func import functional_call
 
 from betaweighter.meta.lookahead import LookaheadModel
 from betaweighter.meta.virtual_step import VirtualOptimizer
 
 ENGINES = ("func", "higher")
-META_GRADIENTS = ("auto", "forward", "double_backward")
+META_GRADIENTS = ("auto", "forward", "finite_difference", "double_backward")
 
 
 def weighted_mean(w_rows: Tensor, losses: Tensor, normalise: bool) -> Tensor:
@@ -91,10 +94,13 @@ def double_backward(step: Step) -> tuple[Tensor, Tensor, dict[str, Tensor | None
     return g_w, meta.detach(), {n: (g if g is None else g.detach()) for n, g in first.items()}
 
 
-def forward_mode(step: Step, grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """Fast exact meta-gradient for one SGD-type virtual step. `grads` is the gradient of
-    the weighted loss at theta (detached weights), which the caller also hands to the
-    real optimiser. Returns (dM/dw, M)."""
+def forward_mode(step: Step, grads: dict[str, Tensor],
+                 finite_difference: bool = False) -> tuple[Tensor, Tensor]:
+    """Fast meta-gradient for one SGD-type virtual step. `grads` is the gradient of the
+    weighted loss at theta (detached weights), which the caller also hands to the real
+    optimiser. The directional derivatives are exact (forward-mode AD) or, with
+    `finite_difference`, a central difference of two no-grad forwards (cheaper, with a
+    relative error of about 1e-4 in float32). Returns (dM/dw, M)."""
     names = list(step.vopt.tensors)
     theta = {n: p.detach() for n, p in step.model.named_parameters()}
     state = step.vopt.initial_state()
@@ -111,8 +117,10 @@ def forward_mode(step: Step, grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         out = functional_call(step.model, ({**fixed, **p}, _cloned_buffers(step.model)), (step.x,))
         return step.loss_fn(out)
 
-    primals = {n: theta[n] for n in tangent}
-    _, directional = jvp(row_losses, (primals,), (tangent,))
+    if finite_difference:
+        directional = _central_difference(row_losses, theta, tangent)
+    else:
+        directional = _directional_derivative(row_losses, theta, tangent)
     w_rows = step.w_rows.detach()
     if step.normalise:
         total = w_rows.sum()
@@ -144,6 +152,34 @@ def through_higher(step: Step, optimizer: torch.optim.Optimizer) -> tuple[Tensor
         (g_w,) = torch.autograd.grad(meta, step.w, allow_unused=True,
                                      retain_graph=step.keep_graph)
     return (torch.zeros_like(step.w) if g_w is None else g_w), meta.detach()
+
+
+def _directional_derivative(fn: Callable, theta: dict[str, Tensor],
+                            tangent: dict[str, Tensor]) -> Tensor:
+    """d/de fn(theta + e * tangent) at e = 0 by forward-mode AD (dual tensors; on the CPU
+    about 25% faster here than the same pass through `torch.func.jvp`)."""
+    with fwAD.dual_level():
+        dual = {n: fwAD.make_dual(theta[n], t) for n, t in tangent.items()}
+        out = fwAD.unpack_dual(fn(dual)).tangent
+    return torch.zeros_like(out) if out is None else out
+
+
+@torch.no_grad()
+def _central_difference(fn: Callable, theta: dict[str, Tensor],
+                        tangent: dict[str, Tensor]) -> Tensor:
+    """(fn(theta + h t) - fn(theta - h t)) / 2h with h = 0.1 eps^(1/3) |theta| / |t|: the
+    cube root of the dtype's epsilon balances truncation and rounding error, and the factor
+    0.1 was the most accurate on a conv net with BatchNorm and max-pooling in float32
+    (1.3e-4 relative error against the float64 meta-gradient; 1e-3 and 1 gave 1.6e-2)."""
+    t_norm = torch.sqrt(sum((t.double() ** 2).sum() for t in tangent.values()))
+    if t_norm == 0:
+        return torch.zeros_like(fn({}))
+    p_norm = torch.sqrt(sum((theta[n].double() ** 2).sum() for n in tangent))
+    dtype = next(iter(tangent.values())).dtype
+    h = float(0.1 * torch.finfo(dtype).eps ** (1 / 3) * max(float(p_norm), 1.0) / float(t_norm))
+    plus = fn({n: theta[n] + h * t for n, t in tangent.items()})
+    minus = fn({n: theta[n] - h * t for n, t in tangent.items()})
+    return (plus - minus) / (2 * h)
 
 
 def _cloned_buffers(model: nn.Module) -> dict[str, Tensor]:
