@@ -24,7 +24,7 @@ from betaweighter.evaluate import extract_features, fit_linear_probe, linear_pro
 from betaweighter.models import build_model
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-root", required=True, help="folder holding stl10_binary/")
     p.add_argument("--download", action="store_true", help="fetch STL-10 (2.6 GB) if missing")
@@ -37,11 +37,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, help="stop each epoch after this many steps")
     p.add_argument("--val-per-class", type=int, nargs=2, default=[250, 250],
                    metavar=("TRAIN", "TEST"), help="labelled split sizes per class")
-    return p.parse_args()
+    p.add_argument("--workers", type=int, default=4, help="DataLoader worker processes")
+    return p.parse_args(argv)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> float:
+    args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
 
@@ -67,7 +68,7 @@ def main() -> None:
     best_val, best_state = -1.0, None
     for epoch in range(args.epochs):
         model.train()
-        loader = pruner.loader(data.pool, batch_size=args.batch_size, num_workers=4)
+        loader = pruner.loader(data.pool, batch_size=args.batch_size, num_workers=args.workers)
         for step, (x, idx) in enumerate(tqdm(loader, desc=f"epoch {epoch + 1}", disable=None)):
             if args.max_steps is not None and step >= args.max_steps:
                 break
@@ -91,6 +92,7 @@ def main() -> None:
     model.load_state_dict(best_state)
     result = linear_probe(model, data.target_train, data.target_val, data.test, device=device)
     print(f"test accuracy (linear probe): {result['top1']:.4f}")
+    return result["top1"]
 
 
 if __name__ == "__main__":

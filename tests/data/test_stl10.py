@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from ondisk import STL_COUNTS  # what write_stl10 writes
 
 import betaweighter as bw
 from betaweighter.data.errors import CorruptDatasetError, DatasetNotFoundError
@@ -17,7 +18,6 @@ from betaweighter.data.sources.stl10 import STL10Raw, stl10
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*the official STL-10")
 
-STL_COUNTS = {"unlabeled": 30, "train": 60, "test": 20}  # as written by conftest.write_stl10
 
 
 def test_raw_images_are_upright_and_labels_zero_based(stl10_root):

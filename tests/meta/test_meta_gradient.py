@@ -167,13 +167,17 @@ def test_finite_difference_is_close_in_float32():
         m = copy.deepcopy(model).float()
         o = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
         weights = bw.BetaWeights(N)
-        x, y = target.tensors
-        meta = bw.MetaWeighter(m, weights, o, lambda look, x=x.float(), y=y: F.cross_entropy(
-            look(x), y), weight_lr=1.0, weight_momentum=0.0, meta_gradient=method)
+        tx, ty = target.tensors[0].float(), target.tensors[1]
+
+        def objective(look, tx=tx, ty=ty):
+            return F.cross_entropy(look(tx), ty)
+
+        meta = bw.MetaWeighter(m, weights, o, objective, weight_lr=1.0, weight_momentum=0.0,
+                               meta_gradient=method)
         idx = torch.tensor([0, 4, 9])
         xr, yr = bw.rotate4(pool[idx].float())
         torch.manual_seed(7)
-        meta.backward(xr, lambda out: F.cross_entropy(out, yr, reduction="none"), idx)
+        meta.backward(xr, lambda out, yr=yr: F.cross_entropy(out, yr, reduction="none"), idx)
         results[method] = -weights.log_alpha.detach()[idx]
     ref = results["double_backward"]
     assert ref.abs().max() > 1e-6
