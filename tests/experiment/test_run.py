@@ -121,3 +121,14 @@ def test_cli_run_end_to_end(tmp_path, capsys):
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["epochs"] == 1 and (tmp_path / "cli" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("method", ["dw", "l2rw", "nn", "weightnet", "heuristic", "random",
+                                    "rotnet"])
+def test_every_method_runs_from_one_config_key(method, tmp_path):
+    cfg = load_config(overrides=TINY + [f"weights.method={method}", "train.epochs=1",
+                                        "pruning.rule=threshold"])
+    summary = Trainer(cfg, create_run_dir(tmp_path, method)).run()
+    assert summary["method"] == method and 0.0 <= summary["test_accuracy"] <= 1.0
+    weights = list(csv.DictReader(open(tmp_path / method / "weights.csv")))
+    assert all(0.0 <= float(w["mean"]) <= 10.0 for w in weights)
