@@ -7,9 +7,10 @@
 A "plain step" is the user's ordinary loop: forward, weighted per-sample loss, backward,
 optimizer step. A "meta step" is `MetaWeighter.backward` (look-ahead, meta objective on a
 labelled episode, weight update) plus the same optimizer step. Times are medians over
-`--steps` timed steps after warm-up, measured in the same process so their ratio is
-robust to a noisy machine. Peak memory: on CUDA the allocator's peak; on the CPU the peak
-resident-set growth of a fresh subprocess running two steps (includes allocator slack).
+`--steps` timed blocks after warm-up, plain and meta alternating in the same process, so
+their ratio is robust to a noisy machine. Peak memory: on CUDA the allocator's peak; on
+the CPU the peak resident-set growth of a fresh subprocess over two steps after a warm-up
+step (sampled every millisecond; includes allocator slack, so only a rough guide).
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def cases(small: bool) -> list[dict]:
     ]
     out = []
     for c in base:
-        for engine, meta_gradient in (("func", "forward"), ("func", "double_backward"),
-                                      ("higher", "auto")):
+        for engine, meta_gradient in (("func", "forward"), ("func", "finite_difference"),
+                                      ("func", "double_backward"), ("higher", "auto")):
             out.append({**c, "method": "bdw", "engine": engine, "meta_gradient": meta_gradient,
                         "every": 1})
         for every in (2, 4):
@@ -107,20 +108,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_case(case: dict, device: torch.device, steps: int, mode: str) -> float:
-    step = _steps(case, device, mode)
+def time_pair(case: dict, device: torch.device, steps: int) -> tuple[float, float]:
+    """Median seconds per call of the plain and the meta step. The two alternate, block by
+    block, so that both see the same machine load. A block is `every` calls: one meta
+    update's worth of work."""
+    plain, meta = _steps(case, device, "plain"), _steps(case, device, "meta")
     every = case["every"]
     for _ in range(max(2, every)):
-        step()
-    times = []
-    for _ in range(steps):  # a block of `every` calls is one meta update's worth of work
-        _sync(device)
-        t = time.perf_counter()
-        for _ in range(every):
-            step()
-        _sync(device)
-        times.append((time.perf_counter() - t) / every)
-    return statistics.median(times)
+        plain()
+        meta()
+    times: dict[str, list[float]] = {"plain": [], "meta": []}
+    for _ in range(steps):
+        for name, step in (("plain", plain), ("meta", meta)):
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(every):
+                step()
+            _sync(device)
+            times[name].append((time.perf_counter() - t) / every)
+    return statistics.median(times["plain"]), statistics.median(times["meta"])
 
 
 def _rss_bytes() -> int:
@@ -146,12 +152,28 @@ def peak_memory(case: dict, device: torch.device, mode: str) -> float:
 
 
 def _memory_probe(case: dict, mode: str) -> None:
+    """Peak resident-set growth over two steps, after one warm-up step (kernels, buffers
+    and optimiser state allocated), sampled every millisecond by a thread."""
+    import threading
+
     step = _steps(case, torch.device("cpu"), mode)
+    step()
     base = _rss_bytes()
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
     for _ in range(2):
         step()
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(max(0, peak_kib * 1024 - base))
+    done.set()
+    thread.join()
+    print(max(0, peak[0] - base))
 
 
 def main() -> None:
@@ -174,8 +196,7 @@ def main() -> None:
         if (args.model and case["model"] != args.model) or (
                 args.method and case["method"] != args.method):
             continue
-        plain = time_case(case, device, args.steps, "plain")
-        meta = time_case(case, device, args.steps, "meta")
+        plain, meta = time_pair(case, device, args.steps)
         row = {**case, "device": str(device), "rows": 4 * case["batch"],
                "meta_step_s": round(meta, 5), "plain_step_s": round(plain, 5),
                "ratio": round(meta / plain, 3)}
