@@ -59,7 +59,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # `evaluate RUN --task linear CONFIG`: argparse does not take a positional after an
+    # option once the positionals before it were consumed.
+    if (args.command == "evaluate" and args.config is None and len(extra) == 1
+            and not extra[0].startswith("-")):
+        args.config, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from betaweighter.data.errors import CorruptDatasetError, DatasetNotFoundError
     from betaweighter.evaluate.checkpoint import CheckpointError
     from betaweighter.evaluate.config import ConfigError as EvalConfigError

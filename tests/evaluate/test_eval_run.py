@@ -122,3 +122,19 @@ def test_data_problems_are_clear(run_dir, colour_folders, tmp_path, image_folder
     assert out["n_test"] == 8
     with pytest.raises(CheckpointError):
         evaluate(tmp_path / "no_run", "linear", _classification(colour_folders))
+
+
+def test_the_command_line_runs_a_task_and_reports_bad_input(run_dir, colour_folders, tmp_path,
+                                                            capsys):
+    from betaweighter.cli import main
+
+    config = tmp_path / "linear.yaml"
+    config.write_text(yaml.safe_dump(_classification(colour_folders, c_values=[1.0])))
+    assert main(["evaluate", str(run_dir), "--task", "linear", str(config)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["top1"] == json.loads(result_path(run_dir, "linear").read_text())["result"][
+        "top1"]
+    config.write_text("data: {train: x}\nimage_sizes: 3\n")
+    assert main(["evaluate", str(run_dir), "--task", "linear", str(config)]) == 2
+    assert "image_sizes" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "nowhere"), "--task", "linear", str(config)]) == 2
