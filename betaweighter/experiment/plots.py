@@ -21,7 +21,7 @@ def weight_histograms(history: list[np.ndarray], path: Path) -> None:
     counts = np.stack(history) if history else np.zeros((1, len(HIST_BINS) - 1))
     fig, ax = plt.subplots(figsize=(7, 4))
     im = ax.imshow(np.log1p(counts).T, origin="lower", aspect="auto", cmap="viridis",
-                   extent=(-0.5, len(counts) - 0.5, 0.0, 1.0))
+                   extent=(0.5, len(counts) + 0.5, 0.0, 1.0))  # epochs count from 1
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean instance weight")
     ax.set_title("distribution of instance weights per epoch")
