@@ -83,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from betaweighter.experiment.config import ConfigError, load_config
-    from betaweighter.experiment.rundir import create_run_dir
     from betaweighter.experiment.trainer import Trainer
 
     if args.resume:
@@ -99,8 +98,7 @@ def _run(args: argparse.Namespace) -> int:
             overrides.append(f"experiment.output_root={args.out}")
         if args.download:
             overrides.append("data.download=true")
-        cfg = load_config(args.config, overrides)
-        trainer = Trainer(cfg, create_run_dir(cfg.experiment.output_root, cfg.experiment.name))
+        trainer = Trainer.start(load_config(args.config, overrides))
     print(f"run directory: {trainer.run_dir}", file=sys.stderr)
     summary = trainer.run()
     print(json.dumps(summary, indent=2, default=float))

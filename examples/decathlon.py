@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 
 from betaweighter.experiment.config import load_config
-from betaweighter.experiment.rundir import create_run_dir
 from betaweighter.experiment.trainer import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "decathlon"
@@ -38,9 +37,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"experiment.name=decathlon-{args.target}-{args.method}",
         f"experiment.output_root={args.out}", *args.overrides,
     ])
-    run_dir = create_run_dir(cfg.experiment.output_root, cfg.experiment.name)
-    print(f"writing to {run_dir}")
-    summary = Trainer(cfg, run_dir).run()
+    trainer = Trainer.start(cfg)  # a fresh run directory under experiment.output_root
+    print(f"writing to {trainer.run_dir}")
+    summary = trainer.run()
     print(json.dumps(summary, indent=2, default=float))
     return summary
 

@@ -72,8 +72,9 @@ def read_checkpoint(path: str | Path, *, weights_only: bool = True) -> dict[str,
                 "only tensors, numbers, strings, lists and dicts in checkpoints."
             ) from err
         raise CheckpointError(_corrupt(path, err)) from err
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(_corrupt(path, err)) from err
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError,
+            IndexError, TypeError, AttributeError) as err:  # garbage makes the unpickler fail
+        raise CheckpointError(_corrupt(path, err)) from err                # in many ways
     if not isinstance(obj, dict):
         raise CheckpointError(
             f"checkpoint {path} holds a {type(obj).__name__}, not a dict with 'model' and "
@@ -125,8 +126,9 @@ def load_backbone(path_or_run_dir: str | Path, device: str | torch.device | None
 
 
 def _corrupt(path: Path, err: BaseException) -> str:
+    other = "best.pt" if path.name == "last.pt" else "last.pt"
     return (f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); the file is "
-            "truncated or not a torch.save file. Re-copy it, or use checkpoints/last.pt.")
+            f"truncated or not a torch.save file. Re-copy it, or use checkpoints/{other}.")
 
 
 def _strip_wrappers(state: Any, path: Path) -> dict[str, torch.Tensor]:

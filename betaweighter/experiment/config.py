@@ -72,11 +72,12 @@ class WeightsSection:
 
 @dataclass
 class MetaSection:
-    objective: Literal["prototypical", "classification"] = "prototypical"
+    # The rotation model's head has 4 outputs, so a classification meta objective needs a
+    # head of its own: use bw.ClassificationLoss(head=...) from Python for that.
+    objective: Literal["prototypical"] = "prototypical"
     way: int = field(default=10, metadata=_range(2))
     shot: int = field(default=10, metadata=_range(1))
     query: int = field(default=10, metadata=_range(1))
-    batch_size: int = field(default=64, metadata=_range(1))
     engine: Literal["func", "higher"] = "func"
     meta_gradient: Literal["auto", "forward", "finite_difference", "double_backward"] = "auto"
     every: int = field(default=1, metadata=_range(1))
@@ -126,7 +127,10 @@ class EvaluateSection:
     every: int = field(default=1, metadata=_range(1))
     batch_size: int = field(default=256, metadata=_range(1))
     max_iter: int = field(default=1000, metadata=_range(1))
+    # C values of the per-epoch model-selection probe (few, it runs every epoch)
     c_grid: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
+    # C values of the final test probe; null = the 45-value grid of Ericsson et al. 2021
+    final_c_grid: list[float] | None = None
 
 
 @dataclass
@@ -293,6 +297,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
             loaded = yaml.load(p.read_text(), Loader=_StrictLoader)
+        except ConfigError as e:
+            raise ConfigError(f"config file {str(p)!r}: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
         if loaded is None:

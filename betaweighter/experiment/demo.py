@@ -12,7 +12,6 @@ from typing import Any
 
 from betaweighter.experiment.config import Config, load_config
 from betaweighter.experiment.metrics import read_metrics
-from betaweighter.experiment.rundir import create_run_dir
 from betaweighter.experiment.trainer import Trainer
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
@@ -41,9 +40,8 @@ def run_demo(out: str | Path = "runs", overrides: list[str] | None = None) -> li
 
 
 def _run(cfg: Config) -> dict[str, Any]:
-    run_dir = create_run_dir(cfg.experiment.output_root, cfg.experiment.name)
-    summary = Trainer(cfg, run_dir).run()
-    return {**summary, "run_dir": str(run_dir)}
+    trainer = Trainer.start(cfg)
+    return {**trainer.run(), "run_dir": str(trainer.run_dir)}
 
 
 def table(rows: list[tuple[str, dict[str, Any]]]) -> str:

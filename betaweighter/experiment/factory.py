@@ -108,11 +108,8 @@ def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer):
 
 
 def build_objective(cfg: Config) -> Any:
-    m, seed = cfg.meta, cfg.experiment.seed
-    if m.objective == "prototypical":
-        return bw.PrototypicalLoss(m.way, m.shot, m.query, seed=seed)
-    return bw.ClassificationLoss(m.batch_size, seed=seed,
-                                 head=None)  # the model's head must then match the target
+    m = cfg.meta
+    return bw.PrototypicalLoss(m.way, m.shot, m.query, seed=cfg.experiment.seed)
 
 
 def build_meta(cfg: Config, model: torch.nn.Module, weights: InstanceWeights,

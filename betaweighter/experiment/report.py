@@ -31,7 +31,8 @@ def finish(trainer: Trainer) -> dict[str, Any]:
         c.model.load_state_dict(load_checkpoint(best, map_location=c.device)["model"])
     e = cfg.evaluate
     probe = linear_probe(c.model, c.bundle.target_train, c.bundle.target_val, c.bundle.test,
-                         batch_size=e.batch_size, device=c.device, max_iter=e.max_iter)
+                         batch_size=e.batch_size, device=c.device, max_iter=e.max_iter,
+                         c_values=e.final_c_grid)
     rows = trainer.metrics.rows
     summary = {
         "run": run_dir.name,

@@ -5,6 +5,7 @@ protocol details in bdw_spec.md, sections 1.3-1.4 and 4.5)."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from betaweighter.experiment.config import Config, dump_config, load_config
 from betaweighter.experiment.factory import Components, build
 from betaweighter.experiment.metrics import MetricsLog
 from betaweighter.experiment.plots import HIST_BINS
+from betaweighter.experiment.rundir import create_run_dir
 from betaweighter.pretext.rotation import rotate4
 
 
@@ -53,6 +55,18 @@ class Trainer:
         self.train_seconds = 0.0
         self.histograms: list[np.ndarray] = []
         self.metrics = MetricsLog(self.run_dir / "metrics.csv")
+
+    @classmethod
+    def start(cls, cfg: Config) -> Trainer:
+        """A new run in a fresh directory under ``experiment.output_root``. If building the
+        data or the components fails (a missing dataset, a bad option), the empty directory
+        is removed again, so a corrected retry gets the same name."""
+        run_dir = create_run_dir(cfg.experiment.output_root, cfg.experiment.name)
+        try:
+            return cls(cfg, run_dir)
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
 
     # -- resume ----------------------------------------------------------------------------
     @classmethod
@@ -137,11 +151,12 @@ class Trainer:
             def per_sample(out, labels=labels, scale=scale):
                 return F.cross_entropy(out, labels, reduction="none") * scale
 
+            meta_steps = c.meta.meta_steps
             loss = c.meta.backward(inputs, per_sample, idx)
             c.optimizer.step()
             c.optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss))
-            if c.meta.last_meta_loss == c.meta.last_meta_loss:
+            if c.meta.meta_steps > meta_steps:  # this call ran a meta update
                 meta_losses.append(c.meta.last_meta_loss)
             seen += len(x)
             self.step += 1

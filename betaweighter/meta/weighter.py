@@ -128,6 +128,7 @@ class MetaWeighter:
             dense=dense_weight_updates, max_grad_norm=max_weight_grad_norm,
         ) if weights.learnable else None
         self.calls = 0
+        self.meta_steps = 0
         self.last_loss = math.nan
         self.last_meta_loss = math.nan
         self.last_mean_weight = math.nan
@@ -210,6 +211,7 @@ class MetaWeighter:
             reg.backward()
         w_real = self.weights.reweight(w.detach(), g_w.detach())
         self.weight_optimizer.step(idx)
+        self.meta_steps += 1
         self.last_meta_loss = float(meta) + float(reg.detach())
         if w_real is None:
             return w.detach(), grads
@@ -233,6 +235,7 @@ class MetaWeighter:
         the model, which the caller saves)."""
         return {
             "calls": self.calls,
+            "meta_steps": self.meta_steps,
             "weight_optimizer": None if self.weight_optimizer is None
             else self.weight_optimizer.state_dict(),
             "objective": self.objective.state_dict() if hasattr(self.objective, "state_dict")
@@ -241,6 +244,7 @@ class MetaWeighter:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.calls = int(state["calls"])
+        self.meta_steps = int(state.get("meta_steps", 0))
         if self.weight_optimizer is not None and state.get("weight_optimizer") is not None:
             self.weight_optimizer.load_state_dict(state["weight_optimizer"])
         if state.get("objective") is not None and hasattr(self.objective, "load_state_dict"):
