@@ -132,3 +132,20 @@ def test_every_method_runs_from_one_config_key(method, tmp_path):
     assert summary["method"] == method and 0.0 <= summary["test_accuracy"] <= 1.0
     weights = list(csv.DictReader(open(tmp_path / method / "weights.csv")))
     assert all(0.0 <= float(w["mean"]) <= 10.0 for w in weights)
+
+
+def test_a_run_that_cannot_start_leaves_no_directory(tmp_path, capsys):
+    args = ["run", "configs/stl10/bdw.yaml", "--out", str(tmp_path), "--set",
+            f"data.root={tmp_path / 'nowhere'}"]
+    assert main(args) == 2
+    assert "stl10_binary" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_garbage_checkpoint_is_a_clear_error(finished, tmp_path):
+    cfg, _, _ = finished
+    run = create_run_dir(tmp_path, "tiny")
+    Trainer(cfg, run).run(stop_after=1)
+    (run / "checkpoints" / "last.pt").write_text("hello")
+    with pytest.raises(CheckpointError, match=r"last.pt cannot be read.*checkpoints/best.pt"):
+        Trainer.resume(run)
