@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from betaweighter.evaluate._runtime import write_json_atomic
 from betaweighter.evaluate.linear import linear_probe
 from betaweighter.experiment import plots
 from betaweighter.experiment.checkpoint import load_checkpoint
@@ -51,7 +51,7 @@ def finish(trainer: Trainer) -> dict[str, Any]:
         "train_seconds": trainer.train_seconds,
         "images_seen": trainer.images_seen,
     }
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=float))
+    write_json_atomic(run_dir / "summary.json", summary)  # NaN -> null: always valid JSON
     write_weights_csv(trainer, run_dir / "weights.csv")
     make_plots(run_dir, trainer)
     return summary

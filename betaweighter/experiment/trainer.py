@@ -170,9 +170,7 @@ class Trainer:
         c.scheduler.step()
         record = c.pruner.step()
         self.epoch += 1
-        refresh = getattr(c.weights, "on_epoch_end", None)
-        if callable(refresh):
-            refresh(self.epoch, c.model)
+        c.weights.on_epoch_end(self.epoch, c.model)  # e.g. NN-Weighter's distance refresh
         mean_w = c.weights.mean().detach().float().cpu().numpy()
         self.histograms.append(np.histogram(mean_w, bins=HIST_BINS)[0])
         val = self._validate() if self._evaluate_now() else float("nan")
