@@ -33,8 +33,7 @@ METHODS = {
     "bdw": lambda n: bw.BetaWeights(n),
     "dw": lambda n: bw.PointWeights(n),
     "rotnet": lambda n: bw.UniformWeights(n),
-    # strict=False: the "plain" timing calls sample() outside MetaWeighter
-    "l2rw": lambda n: bw.L2RW(n, strict=False),
+    "l2rw": lambda n: bw.L2RW(n),
     "weightnet": lambda n: bw.WeightNet(n),
     "nn": lambda n: bw.NearestNeighbourWeights(n),  # fitted on the pool in _setup
     "loss_hard": lambda n: bw.LossHeuristicWeights(n, "hard"),
@@ -53,17 +52,13 @@ def cases(small: bool) -> list[dict]:
     ]
     out = []
     for c in base:
-        for engine, meta_gradient in (("func", "forward"), ("func", "finite_difference"),
-                                      ("func", "double_backward"), ("higher", "auto")):
-            out.append({**c, "method": "bdw", "engine": engine, "meta_gradient": meta_gradient,
-                        "every": 1})
+        for meta_gradient in ("forward", "finite_difference", "double_backward", "higher"):
+            out.append({**c, "method": "bdw", "meta_gradient": meta_gradient, "every": 1})
         for every in (2, 4):
-            out.append({**c, "method": "bdw", "engine": "func", "meta_gradient": "auto",
-                        "every": every})
+            out.append({**c, "method": "bdw", "meta_gradient": "auto", "every": every})
         for method in METHODS:
             if method != "bdw":
-                out.append({**c, "method": method, "engine": "func", "meta_gradient": "auto",
-                            "every": 1})
+                out.append({**c, "method": method, "meta_gradient": "auto", "every": 1})
     return out
 
 
@@ -80,7 +75,7 @@ def _setup(case: dict, device: torch.device):
     if isinstance(weights, bw.NearestNeighbourWeights):  # one-off, outside the timed steps
         weights.fit(pool, tx)
     meta = bw.MetaWeighter(model, weights, opt, bw.PrototypicalLoss(way, shot, query),
-                           target=torch.utils.data.TensorDataset(tx, ty), engine=case["engine"],
+                           target=torch.utils.data.TensorDataset(tx, ty),
                            meta_gradient=case["meta_gradient"], every=case["every"])
     return model, opt, pool, weights, meta
 
@@ -95,7 +90,8 @@ def _steps(case: dict, device: torch.device, mode: str):
         if mode == "meta":
             meta.backward(x, lambda out: F.cross_entropy(out, y, reduction="none"), idx)
         else:
-            w = weights.sample(idx).detach().repeat_interleave(4)
+            w = (weights.sample(idx).detach() if isinstance(weights, bw.LearnedWeights)
+                 else torch.ones(len(idx), device=device)).repeat_interleave(4)
             (w * F.cross_entropy(model(x), y, reduction="none")).mean().backward()
         opt.step()
         opt.zero_grad()

@@ -2,29 +2,34 @@
 
 The method is BetaDataWeighter (Ericsson, Gouk and Hospedales, "Don't Wait, Just Weight",
 arXiv:2006.12360): every unlabelled instance gets a Beta distribution over its weight,
-learnt through a differentiable one-step look-ahead judged on a labelled target objective.
+learnt through a differentiable one-step look-ahead judged on a labelled target objective;
+instances whose weight is confidently small are pruned.
 """
 
-from betaweighter import data
-from betaweighter.meta.objectives import ClassificationLoss, PrototypicalLoss
-from betaweighter.meta.weighter import MetaWeighter
-from betaweighter.pretext.rotation import rotate4
-from betaweighter.pruning import PruningScheduler
-from betaweighter.weights.beta import BetaWeights
-from betaweighter.weights.heuristics import LossHeuristicWeights
-from betaweighter.weights.l2rw import L2RW
-from betaweighter.weights.nearest import NearestNeighbourWeights
-from betaweighter.weights.network import WeightNet
-from betaweighter.weights.point import PointWeights
-from betaweighter.weights.random_control import RandomWeights
-from betaweighter.weights.uniform import UniformWeights
+__version__ = "0.2.0"
 
-__version__ = "0.1.0"
+from betaweighter import data, evaluate, models, pretext, weights  # noqa: E402
+from betaweighter.meta.objectives import ClassificationLoss, PrototypicalLoss  # noqa: E402
+from betaweighter.meta.weighter import MetaWeighter  # noqa: E402
+from betaweighter.pretext.rotation import RotationPretext, rotate4  # noqa: E402
+from betaweighter.pruning import PruningScheduler  # noqa: E402
+from betaweighter.weights.base import InstanceWeights, LearnedWeights, WeightRule  # noqa: E402
+from betaweighter.weights.beta import BetaWeights  # noqa: E402
+from betaweighter.weights.heuristics import LossHeuristicWeights  # noqa: E402
+from betaweighter.weights.l2rw import L2RW  # noqa: E402
+from betaweighter.weights.nearest import NearestNeighbourWeights  # noqa: E402
+from betaweighter.weights.network import WeightNet  # noqa: E402
+from betaweighter.weights.optimizer import WeightOptimizer  # noqa: E402
+from betaweighter.weights.point import PointWeights  # noqa: E402
+from betaweighter.weights.random_control import RandomWeights  # noqa: E402
+from betaweighter.weights.uniform import UniformWeights  # noqa: E402
 
 __all__ = [
+    "L2RW",
     "BetaWeights",
     "ClassificationLoss",
-    "L2RW",
+    "InstanceWeights",
+    "LearnedWeights",
     "LossHeuristicWeights",
     "MetaWeighter",
     "NearestNeighbourWeights",
@@ -32,8 +37,16 @@ __all__ = [
     "PrototypicalLoss",
     "PruningScheduler",
     "RandomWeights",
+    "RotationPretext",
     "UniformWeights",
     "WeightNet",
+    "WeightOptimizer",
+    "WeightRule",
+    "__version__",
     "data",
+    "evaluate",
+    "models",
+    "pretext",
     "rotate4",
+    "weights",
 ]

@@ -1,21 +1,26 @@
-"""The `betaweighter` command: run experiments, the demo, plots, weight export, evaluation."""
+"""The `betaweighter` command: experiments, the demo, plots, weights, evaluation."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from betaweighter import __version__
 
 EPILOG = """examples:
   betaweighter demo
-  betaweighter run configs/stl10/bdw.yaml --set data.root=~/data --set train.epochs=35
+  betaweighter configs
+  betaweighter run stl10/bdw --set data.root=~/data --set train.epochs=35
+  betaweighter run my_config.yaml --dry-run
   betaweighter run --resume runs/stl10-bdw
+  betaweighter run --resume runs/stl10-bdw --set train.epochs=50     # extend a run
   betaweighter plot runs/stl10-bdw
   betaweighter weights runs/stl10-bdw > weights.csv
-  betaweighter evaluate runs/stl10-bdw --task fewshot my_fewshot.yaml
+  betaweighter evaluate runs/stl10-bdw my_fewshot.yaml --task fewshot
+  torchrun --standalone --nproc_per_node 2 -m betaweighter run demo
 """
 
 
@@ -27,33 +32,45 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"betaweighter {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="pre-train with a YAML config (the reference recipe)")
-    run.add_argument("config", nargs="?", help="YAML config (not needed with --resume)")
+    run = sub.add_parser("run", help="pre-train with a YAML config (a file or a shipped name)")
+    run.add_argument("config", nargs="?", help="YAML config file, or a shipped config name "
+                                               "(see `betaweighter configs`)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set train.lr=0.01 (repeatable)")
     run.add_argument("--out", help="output root for the run directory (experiment.output_root)")
-    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    run.add_argument("--device", help="cpu, cuda, cuda:1, ... (train.device)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a run (with --set: a moved "
+                     "dataset, more epochs, a new learning rate, device or precision)")
+    run.add_argument("--from", dest="which", choices=["last", "best"], default="last",
+                     help="with --resume: the checkpoint to continue from (default: last)")
     run.add_argument("--download", action="store_true",
                      help="allow downloading the dataset when torchvision can fetch it")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the resolved config and the run directory, then exit")
 
     demo = sub.add_parser("demo", help="a few-minute comparison on the embedded demo set")
     demo.add_argument("--out", default="runs", help="output root (default: runs)")
     demo.add_argument("--set", dest="overrides", action="append", default=[],
                       metavar="KEY=VALUE", help="override a key of the demo config")
 
-    plot = sub.add_parser("plot", help="(re)draw a run's plots")
+    sub.add_parser("configs", help="list the shipped configs")
+
+    plot = sub.add_parser("plot", help="(re)draw a run's plots from its files")
     plot.add_argument("run_dir")
 
-    weights = sub.add_parser("weights", help="export per-instance mean, std and pruned flag "
-                                             "as CSV")
+    weights = sub.add_parser("weights", help="per-instance mean, std and pruned flag as CSV, "
+                                             "and a verdict on how far the weights separated")
     weights.add_argument("run_dir")
     weights.add_argument("-o", "--output", help="file to write (default: standard output)")
 
     ev = sub.add_parser("evaluate", help="transfer evaluation of a checkpoint or run")
     ev.add_argument("checkpoint", help="a checkpoint file or a run directory")
-    ev.add_argument("config", nargs="?", help="YAML/JSON config of the evaluation data")
+    ev.add_argument("config", nargs="?", help="YAML config with an evaluate.<task> section")
     ev.add_argument("--task", required=True, choices=["linear", "fewshot", "finetune",
                                                        "detection"])
+    ev.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="KEY=VALUE", help="override a config key, e.g. "
+                                              "--set evaluate.fewshot.way=10")
     ev.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: GPU if present)")
     return p
 
@@ -68,40 +85,81 @@ def main(argv: list[str] | None = None) -> int:
         args.config, extra = extra[0], []
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from betaweighter.data.errors import CorruptDatasetError, DatasetNotFoundError
-    from betaweighter.evaluate.checkpoint import CheckpointError
-    from betaweighter.evaluate.config import ConfigError as EvalConfigError
-    from betaweighter.experiment.config import ConfigError
+    warnings.showwarning = _show_warning
+    from betaweighter.errors import BetaweighterError
+    from betaweighter.experiment.trainer import Interrupted
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, EvalConfigError, CheckpointError, DatasetNotFoundError,
-            CorruptDatasetError) as e:
-        print(f"betaweighter: error: {e}", file=sys.stderr)
+    except BetaweighterError as e:
+        print(f"betaweighter: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"betaweighter: warning: {_one_line(message)}", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from betaweighter.experiment.config import ConfigError, load_config
-    from betaweighter.experiment.trainer import Trainer
+    from betaweighter.errors import ConfigError
+    from betaweighter.experiment.config import dump_config, load_config
+    from betaweighter.experiment.rundir import RunDir
+    from betaweighter.experiment.shipped import config_file
+    from betaweighter.experiment.trainer import Trainer, format_summary
+    from betaweighter.runtime import is_main
 
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"train.device={args.device}")
     if args.resume:
-        if args.config or args.overrides:
+        if args.config:
             raise ConfigError("--resume continues a run with its own config.yaml; drop the "
-                              "CONFIG argument and --set")
-        trainer = Trainer.resume(args.resume)
+                              "CONFIG argument")
+        if args.out or args.download:
+            raise ConfigError("--out and --download do not apply to --resume")
+        if args.dry_run:
+            print(dump_config(RunDir(args.resume).config()), end="")
+            print(f"# would resume {args.resume}", file=sys.stderr)
+            return 0
+        trainer = Trainer.resume(args.resume, args.which, overrides)
+        if is_main():
+            print(f"resuming {trainer.run_dir} at epoch {trainer.epoch}/"
+                  f"{trainer.cfg.train.epochs}", file=sys.stderr)
     else:
+        if args.which != "last":
+            raise ConfigError("--from applies to --resume only")
         if not args.config:
-            raise ConfigError("give a CONFIG file (e.g. configs/demo.yaml) or --resume RUN_DIR")
-        overrides = list(args.overrides)
+            raise ConfigError("give a CONFIG file or shipped name (e.g. demo; see "
+                              "`betaweighter configs`) or --resume RUN_DIR")
         if args.out:
             overrides.append(f"experiment.output_root={args.out}")
         if args.download:
             overrides.append("data.download=true")
-        trainer = Trainer.start(load_config(args.config, overrides))
-    print(f"run directory: {trainer.run_dir}", file=sys.stderr)
-    summary = trainer.run()
-    print(json.dumps(summary, indent=2, default=float))
+        with config_file(args.config) as path:
+            cfg = load_config(path, overrides)
+        if args.dry_run:
+            print(dump_config(cfg), end="")
+            root = Path(cfg.experiment.output_root).expanduser()
+            print(f"# would write to a new directory {root / cfg.experiment.name} (or "
+                  f"{cfg.experiment.name}-N if taken)", file=sys.stderr)
+            return 0
+        trainer = Trainer.start(cfg)
+        if is_main():
+            print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+    with trainer:
+        summary = trainer.run()
+    if summary is not None:
+        print(format_summary(summary, trainer.run_dir))
     return 0
 
 
@@ -112,41 +170,57 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configs(args: argparse.Namespace) -> int:
+    from betaweighter.experiment.shipped import shipped_configs
+
+    rows = shipped_configs()
+    width = max(len(name) for name, _ in rows)
+    for name, line in rows:
+        print(f"{name.ljust(width)}  {line}")
+    return 0
+
+
 def _plot(args: argparse.Namespace) -> int:
-    from betaweighter.experiment.trainer import Trainer
+    from betaweighter.experiment.plots import draw_run_plots
+    from betaweighter.experiment.rundir import RunDir
 
-    trainer = Trainer.resume(args.run_dir)
-    from betaweighter.experiment.report import make_plots
-
-    for path in make_plots(Path(args.run_dir), trainer):
+    for path in draw_run_plots(RunDir(args.run_dir)):
         print(path)
     return 0
 
 
 def _weights(args: argparse.Namespace) -> int:
-    from betaweighter.experiment.report import weights_table
-    from betaweighter.experiment.trainer import Trainer
+    from betaweighter.experiment.inspect import read_weights
 
-    trainer = Trainer.resume(args.run_dir)
-    text = weights_table(trainer.c.weights, trainer.c.pruner.pruned)
+    table, verdict = read_weights(args.run_dir)
     if args.output:
-        Path(args.output).write_text(text)
+        from betaweighter.io import atomic_write_text
+
+        atomic_write_text(args.output, table)
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(table)
+    print(verdict, file=sys.stderr)
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from betaweighter.evaluate.run import evaluate, result_path
+    from betaweighter.experiment.evaluation import evaluate_checkpoint, result_path
+    from betaweighter.experiment.shipped import config_file
 
-    payload = evaluate(args.checkpoint, args.task, args.config, device=args.device)
+    if args.config:
+        with config_file(args.config) as path:
+            payload = evaluate_checkpoint(args.checkpoint, args.task, path, args.overrides,
+                                          device=args.device)
+    else:
+        payload = evaluate_checkpoint(args.checkpoint, args.task, None, args.overrides,
+                                      device=args.device)
     print(json.dumps(payload["result"], indent=2, default=float))
     print(f"written to {result_path(args.checkpoint, args.task)}", file=sys.stderr)
     return 0
 
 
-COMMANDS = {"run": _run, "demo": _demo, "plot": _plot, "weights": _weights,
-            "evaluate": _evaluate}
+COMMANDS = {"run": _run, "demo": _demo, "configs": _configs, "plot": _plot,
+            "weights": _weights, "evaluate": _evaluate}
 
 if __name__ == "__main__":
     sys.exit(main())

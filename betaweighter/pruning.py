@@ -41,7 +41,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from betaweighter.data.sampler import RANDOM_RULE_STREAM, SKIP_STREAM, SubsetEpochSampler, epoch_rng
+from betaweighter.runtime import world
 from betaweighter.weights.base import InstanceWeights
+
+__all__ = ["RULES", "PruningScheduler", "unpruned_loader"]
 
 RULES = ("cdf", "threshold", "quantile", "random")
 STATE_FORMAT = "betaweighter-pruning-v1"
@@ -58,8 +61,9 @@ class PruningScheduler:
       weight (rounded down; ties broken by index);
     * ``"random"``: prune as many as `control` says, chosen uniformly at random: the control
       any pruning claim needs. `control` is a rule name (the count that rule would prune
-      now) or a sequence of counts per epoch (e.g. ``[r["pruned"] for r in
-      other.history]`` of the run being matched).
+      now) or a sequence of counts per epoch (``[r["decided_count"] for r in
+      other.history]`` of the run being matched: instances newly pruned, or flagged in soft
+      mode).
 
     Args:
         weights: any `InstanceWeights`; only ``num_instances``, ``mean`` and ``cdf`` are read.
@@ -172,7 +176,7 @@ class PruningScheduler:
         key = (id(pool), batch_size, shuffle, tuple(sorted(dataloader_kwargs.items())))
         if self._loader is not None and self._loader[0] == key:
             return self._loader[1]
-        replicas, rank = _world()
+        replicas, rank = world()
         sampler = SubsetEpochSampler(lambda: (self.active_indices(), self.epoch), self.seed,
                                      shuffle=shuffle, num_replicas=replicas, rank=rank)
         loader = DataLoader(pool, batch_size=batch_size, sampler=sampler, **dataloader_kwargs)
@@ -213,11 +217,6 @@ class PruningScheduler:
 
     # -- what the next epoch will look like ----------------------------------------------
     @property
-    def kept_mask(self) -> np.ndarray:
-        """True for instances not pruned (soft mode: not flagged)."""
-        return ~self.pruned
-
-    @property
     def kept_fraction(self) -> float:
         """Fraction of the pool the current epoch visits."""
         return len(self.active_indices()) / self.num_instances
@@ -245,7 +244,7 @@ class PruningScheduler:
         if self.rule == "random":
             if isinstance(self.control, str):
                 count = len(self._ranked(self.control, candidates)[:budget])
-            else:
+            else:  # the matched run's decided counts (newly pruned, or flagged if soft)
                 count = self.control[self.epoch - 1] if self.epoch <= len(self.control) else 0
             rng = epoch_rng(self.seed, self.epoch, RANDOM_RULE_STREAM)
             return rng.permutation(candidates)[:min(count, budget)]
@@ -273,13 +272,18 @@ class PruningScheduler:
                 and epoch >= self.total_epochs - self.anneal_epochs)
 
     def _record(self, visited: int, decided: bool, before: np.ndarray) -> dict[str, Any]:
-        """One row of `history`. ``pruned`` counts instances newly removed (hard) or skipped
-        by the next epoch (soft); ``kept_fraction`` is the share the next epoch visits."""
+        """One row of `history`. ``decided_count`` is what the decision chose: instances
+        newly removed (hard) or flagged (soft), the count a random control matches.
+        ``pruned`` counts instances newly removed (hard) or skipped by the next epoch
+        (soft); ``kept_fraction`` is the share the next epoch visits."""
         nxt = np.zeros(self.num_instances, dtype=bool)
         nxt[self.active_indices()] = True
         dropped = (self.pruned & ~before) if not self.soft else ~nxt
+        chosen = (self.pruned & ~before) if not self.soft else (self.pruned if decided
+                                                                else np.zeros_like(nxt))
         row: dict[str, Any] = {
             "epoch": self.epoch, "visited": visited, "decided": bool(decided),
+            "decided_count": int(chosen.sum()),
             "pruned": int(dropped.sum()), "pruned_total": int(self.pruned.sum()),
             "kept_fraction": float(nxt.mean()),
         }
@@ -299,12 +303,16 @@ class PruningScheduler:
                 "pruned": torch.from_numpy(self.pruned.copy()),
                 "history": [dict(r) for r in self.history]}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a `state_dict`. The configuration must match this scheduler's: resuming
-        with other pruning settings would not repeat the original run."""
+    def load_state_dict(self, state: dict[str, Any], allow_changed: tuple[str, ...] = ()
+                        ) -> None:
+        """Restore a `state_dict`. The configuration must match this scheduler's (resuming
+        with other pruning settings would not repeat the original run), except for the
+        keys in `allow_changed` (e.g. ``("total_epochs", "anneal_epochs")`` when a finished
+        run is extended)."""
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a PruningScheduler state (format {STATE_FORMAT!r} expected)")
-        differ = sorted(k for k in self.config if state["config"].get(k) != self.config[k])
+        differ = sorted(k for k in self.config if state["config"].get(k) != self.config[k]
+                        and k not in allow_changed)
         if differ:
             pairs = ", ".join(f"{k}: saved {state['config'].get(k)!r}, now {self.config[k]!r}"
                               for k in differ)
@@ -319,17 +327,9 @@ def _numpy(t: Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy().reshape(-1)
 
 
-def _world() -> tuple[int, int]:
-    """(number of processes, this rank) under torch.distributed, else (1, 0)."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
 def _broadcast(mask: np.ndarray) -> None:
     """Overwrite `mask` in place with rank 0's copy (a no-op outside torch.distributed)."""
-    replicas, _ = _world()
+    replicas, _ = world()
     if replicas == 1:
         return
     dist = torch.distributed
@@ -338,3 +338,16 @@ def _broadcast(mask: np.ndarray) -> None:
     t = torch.from_numpy(mask.astype(np.uint8)).to(device)
     dist.broadcast(t, src=0)
     mask[:] = t.cpu().numpy().astype(bool)
+
+
+def unpruned_loader(pool: Any, epoch: Any, batch_size: int, seed: int = 0,
+                    **dataloader_kwargs: Any) -> DataLoader:
+    """A DataLoader over the whole pool in the same reproducible order as
+    `PruningScheduler.loader` (drawn from (seed, epoch)), sharded across processes under
+    torch.distributed: the loop of a run without pruning. `epoch` is a callable returning
+    the current epoch."""
+    replicas, rank = world()
+    everything = np.arange(len(pool))
+    sampler = SubsetEpochSampler(lambda: (everything, epoch()), seed, num_replicas=replicas,
+                                 rank=rank)
+    return DataLoader(pool, batch_size=batch_size, sampler=sampler, **dataloader_kwargs)

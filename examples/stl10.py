@@ -5,7 +5,8 @@
 
 Defaults follow the paper (Ericsson et al., arXiv:2006.12360): ResNet-18, 35 epochs of
 rotation prediction, SGD lr 0.1 (x0.1 at epochs 15 and 25), batch 32 (x4 rotations),
-10-way 10-shot 10-query episodes from the labelled split, weight lr 1, CDF pruning with
+10-way 10-shot 10-query episodes from the labelled split, the scale-free weight
+optimiser, CDF pruning with
 epsilon 0.1 and delta 0.5, and a linear probe for model selection and the final score.
 The flags shrink it for a quick try (`--model convnet --epochs 2 --max-steps 20`).
 """
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import betaweighter as bw
-from betaweighter.evaluate import extract_features, fit_linear_probe, linear_probe
+from betaweighter.evaluate import extract_features, linear_probe, select_c
 from betaweighter.models import build_model
 
 
@@ -33,7 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--episode", type=int, nargs=3, default=[10, 10, 10],
                    metavar=("WAY", "SHOT", "QUERY"))
-    p.add_argument("--weight-lr", type=float, default=1.0)
+    p.add_argument("--weight-lr", type=float, default=bw.weights.optimizer.DEFAULT_LR,
+                   help="movement of a Beta parameter per visit for a typical signal")
     p.add_argument("--max-steps", type=int, help="stop each epoch after this many steps")
     p.add_argument("--val-per-class", type=int, nargs=2, default=[250, 250],
                    metavar=("TRAIN", "TEST"), help="labelled split sizes per class")
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> float:
     weights = bw.BetaWeights(len(data.pool)).to(device)
     way, shot, query = args.episode
     meta = bw.MetaWeighter(model, weights, optimizer, bw.PrototypicalLoss(way, shot, query),
-                           target=data.target_train, weight_lr=args.weight_lr)
+                           target=data.target_train,
+                           weight_optimizer=bw.WeightOptimizer(lr=args.weight_lr))
     pruner = bw.PruningScheduler(weights, rule="cdf", epsilon=0.1, delta=0.5)
 
     best_val, best_state = -1.0, None
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> float:
         # 4. Model selection: a linear probe fitted on val_train, scored on val_test.
         train = extract_features(model, data.target_train, device=device, name="val_train")
         val = extract_features(model, data.target_val, device=device, name="val_test")
-        val_acc = fit_linear_probe(train, val, val, c_values=[0.1, 1.0, 10.0])["val_score"]
+        val_acc = select_c(train, val, c_values=[0.1, 1.0, 10.0])["val_score"]
         print(f"epoch {epoch + 1}: val accuracy {val_acc:.3f}, kept "
               f"{record['kept_fraction']:.2%}, mean weight {weights.mean().mean():.3f}")
         if val_acc > best_val:

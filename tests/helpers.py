@@ -52,7 +52,7 @@ def label_noise_problem(seed: int = 0, n: int = 512, classes: int = 4, dim: int 
     return x, noisy, flipped, torch.utils.data.TensorDataset(tx, ty)
 
 
-def train_on_label_noise(weights, seed: int = 0, epochs: int = 6, weight_lr: float = 50.0,
+def train_on_label_noise(weights, seed: int = 0, epochs: int = 6, weight_optimizer=None,
                          **meta_kwargs):
     """Supervised training on `label_noise_problem` wrapped with MetaWeighter (meta
     objective: classification on the clean target). Returns (final mean weights, flipped)."""
@@ -65,7 +65,7 @@ def train_on_label_noise(weights, seed: int = 0, epochs: int = 6, weight_lr: flo
     model = nn.Sequential(nn.Linear(x.shape[1], 32), nn.ReLU(), nn.Linear(32, 4))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     meta = bw.MetaWeighter(model, weights, opt, bw.ClassificationLoss(64, seed=seed),
-                           target=target, weight_lr=weight_lr, **meta_kwargs)
+                           target=target, weight_optimizer=weight_optimizer, **meta_kwargs)
     g = torch.Generator().manual_seed(seed + 1)
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=g)

@@ -1,11 +1,13 @@
-"""Backbones expose features(x) and a head, and build without downloads."""
+"""Backbones expose features(x) and a head, build without downloads, and load back from
+checkpoints strictly."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from betaweighter.models import build_model
+from betaweighter.errors import CheckpointError
+from betaweighter.models import Backbone, build_model, load_backbone
 
 
 @pytest.mark.parametrize("name,size,dim", [("convnet", 32, 64), ("resnet18", 64, 512)])
@@ -16,14 +18,67 @@ def test_features_and_head(name, size, dim):
     f = model.features(x)
     assert f.shape == (2, dim) and model.feature_dim == dim
     torch.testing.assert_close(model(x), model.head(f))
-    model.replace_head(10)
-    assert model(x).shape == (2, 10)
 
 
 def test_resnet50_feature_dim():
     assert build_model("resnet50").feature_dim == 2048
 
 
-def test_unknown_model():
+def test_unknown_model_and_options():
     with pytest.raises(ValueError, match="convnet"):
         build_model("vgg")
+    with pytest.raises(ValueError, match="takes no options"):
+        build_model("resnet18", width=3)
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, msg=k)
+
+
+def test_load_restores_the_weights_in_eval_mode(tmp_path, checkpoint_writer,
+                                               tiny_convnet_config):
+    path = checkpoint_writer(tmp_path / "c.pt", tiny_convnet_config, seed=5)
+    model = load_backbone(path, device="cpu")
+    torch.manual_seed(5)
+    assert isinstance(model, Backbone) and not model.training and model.data_config is None
+    _same_weights(model, build_model(**tiny_convnet_config))
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod."])
+def test_wrapper_prefix_is_stripped_and_the_weights_load(tmp_path, tiny_convnet_config, prefix):
+    torch.manual_seed(7)
+    model = build_model(**tiny_convnet_config)
+    state = {f"{prefix}{k}": v for k, v in model.state_dict().items()}
+    torch.save({"model": state, "model_config": tiny_convnet_config,
+                "data_config": {"image_size": 32, "mean": [0.1] * 3, "std": [0.2] * 3}},
+               tmp_path / "c.pt")
+    loaded = load_backbone(tmp_path / "c.pt", device="cpu")
+    _same_weights(loaded, model)
+    assert loaded.data_config["image_size"] == 32
+
+
+def test_mismatched_architecture_lists_the_problem(tmp_path, checkpoint_writer,
+                                                  tiny_convnet_config):
+    path = checkpoint_writer(tmp_path / "c.pt", tiny_convnet_config)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model_config"] = {"name": "convnet", "num_classes": 4, "width": 16, "blocks": 2}
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"do not match.*shape mismatches.*model_config"):
+        load_backbone(path)
+    ckpt["model_config"] = {"name": "resnet18", "num_classes": 4}
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="missing keys"):
+        load_backbone(path)
+
+
+def test_missing_entries_and_unknown_architecture(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "a.pt")
+    with pytest.raises(CheckpointError, match=r"lacks \['model', 'model_config'\]"):
+        load_backbone(tmp_path / "a.pt")
+    torch.save({"model": {}, "model_config": {"name": "vgg"}}, tmp_path / "b.pt")
+    with pytest.raises(CheckpointError, match="cannot build the declared architecture"):
+        load_backbone(tmp_path / "b.pt")
+    torch.save({"model": {}, "model_config": "convnet"}, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match="must be a dict"):
+        load_backbone(tmp_path / "c.pt")

@@ -1,17 +1,22 @@
-"""Datasets that yield (image, index), labelled target splits and few-shot episodes.
+"""Datasets that yield (image, index), labelled target splits, few-shot episodes and
+detection sets.
 
 Builders return a `DataBundle` (pool, target_train, target_val, test, ...):
 `stl10`, `decathlon`, `image_folders` and `demo` (no download: built from scikit-learn's
 own data). Pools yield ``(image, index)``; `Indexed` wraps any dataset the same way.
+`labelled_folder_splits` and `pooled_folders` read downstream classification tasks for the
+evaluators, `load_coco` and `load_voc` detection sets.
 """
 
 from betaweighter.data.arrays import TensorImages
 from betaweighter.data.bundle import DataBundle
 from betaweighter.data.cache import cache_dir
+from betaweighter.data.detection import DetectionDataset, collate_detection, load_coco, load_voc
 from betaweighter.data.episodes import EpisodeSampler
-from betaweighter.data.errors import CorruptDatasetError, DatasetNotFoundError
 from betaweighter.data.indexed import Indexed
+from betaweighter.data.labelled import labelled_folder_splits, pooled_folders
 from betaweighter.data.labels import labels_of
+from betaweighter.data.loaders import forever
 from betaweighter.data.sampler import SubsetEpochSampler
 from betaweighter.data.sources.decathlon import DOMAINS as DECATHLON_DOMAINS
 from betaweighter.data.sources.decathlon import DecathlonRaw, decathlon
@@ -19,15 +24,27 @@ from betaweighter.data.sources.demo import demo
 from betaweighter.data.sources.folders import FolderRaw, image_folders
 from betaweighter.data.sources.stl10 import STL10Raw, stl10
 from betaweighter.data.splits import load_splits, save_splits, stratified_split
-from betaweighter.data.transforms import channel_stats, eval_transform, train_transform
+from betaweighter.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    channel_stats,
+    eval_transform,
+    finetune_transform,
+    train_transform,
+)
 from betaweighter.data.views import Transformed
+from betaweighter.errors import CorruptDatasetError, DataError, DatasetNotFoundError
 
 __all__ = [
     "DECATHLON_DOMAINS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "CorruptDatasetError",
     "DataBundle",
+    "DataError",
     "DatasetNotFoundError",
     "DecathlonRaw",
+    "DetectionDataset",
     "EpisodeSampler",
     "FolderRaw",
     "Indexed",
@@ -37,12 +54,19 @@ __all__ = [
     "Transformed",
     "cache_dir",
     "channel_stats",
+    "collate_detection",
     "decathlon",
     "demo",
     "eval_transform",
+    "finetune_transform",
+    "forever",
     "image_folders",
+    "labelled_folder_splits",
     "labels_of",
+    "load_coco",
     "load_splits",
+    "load_voc",
+    "pooled_folders",
     "save_splits",
     "stl10",
     "stratified_split",

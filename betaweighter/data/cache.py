@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from betaweighter.io import write_json
+
 CACHE_ENV = "BETAWEIGHTER_CACHE"
 
 
@@ -36,8 +38,5 @@ def memoize_json(key: Mapping[str, Any], compute: Callable[[], Any], folder: str
         except (json.JSONDecodeError, KeyError, OSError):
             pass
     value = compute()
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"key": dict(key), "value": value}))
-    os.replace(tmp, file)
+    write_json(file, {"key": dict(key), "value": value}, indent=None)
     return value

@@ -6,14 +6,18 @@ from typing import Any
 
 import numpy as np
 
+from betaweighter.errors import DataError
+
 
 class EpisodeSampler:
     """Draws episodes of `way` classes with `shot` support and `query` query items each.
 
-    Each call to `sample()` returns (support_indices, query_indices, classes) as numpy
+    ``sample(index, stream)`` returns (support_indices, query_indices, classes) as numpy
     arrays; support and query are class-major (``shot`` items of class 0, then class 1,
-    ...) and their label within the episode is position // shot (// query). The sequence
-    is fully determined by `seed` and can be saved and restored with `state_dict`.
+    ...) and their label within the episode is position // shot (// query). Episode
+    `index` of `stream` is a function of (seed, stream, index) alone, so the k-th episode is
+    the same whatever was drawn before (a resumed run draws the same episodes, and each
+    process of a distributed run draws its own stream).
     """
 
     def __init__(self, labels: Any, way: int, shot: int, query: int, seed: int = 0) -> None:
@@ -26,7 +30,7 @@ class EpisodeSampler:
         need = self.shot + self.query
         eligible = classes[counts >= need]
         if len(eligible) < self.way:
-            raise ValueError(
+            raise DataError(
                 f"a {way}-way {shot}-shot {query}-query episode needs {way} classes with at "
                 f"least {need} labelled items each; the target set has {len(eligible)} such "
                 f"classes (counts per class: {dict(zip(classes.tolist(), counts.tolist()))}). "
@@ -34,19 +38,14 @@ class EpisodeSampler:
             )
         self.classes = eligible
         self._by_class = {int(c): np.flatnonzero(labels == c) for c in eligible}
-        self.rng = np.random.default_rng(seed)
+        self.seed = int(seed)
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        chosen = self.rng.choice(self.classes, size=self.way, replace=False)
+    def sample(self, index: int, stream: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, int(stream), int(index)])
+        chosen = rng.choice(self.classes, size=self.way, replace=False)
         support, query = [], []
         for c in chosen:
-            picks = self.rng.choice(self._by_class[int(c)], self.shot + self.query, replace=False)
+            picks = rng.choice(self._by_class[int(c)], self.shot + self.query, replace=False)
             support.append(picks[: self.shot])
             query.append(picks[self.shot:])
         return np.concatenate(support), np.concatenate(query), chosen
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["rng"]

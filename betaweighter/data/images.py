@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageFile
 from torch import Tensor
 
-from betaweighter.data.errors import CorruptDatasetError
+from betaweighter.errors import CorruptDatasetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif",
                     ".tiff")

@@ -45,6 +45,9 @@ class SubsetEpochSampler(Sampler[int]):
         self.shuffle = bool(shuffle)
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
+        #: skip this many of this process's indices at the start of the next pass (set by a
+        #: run resumed in the middle of an epoch; reset it to 0 afterwards)
+        self.start = 0
 
     def order(self) -> np.ndarray:
         """This process's indices for the current epoch, in visiting order."""
@@ -58,7 +61,7 @@ class SubsetEpochSampler(Sampler[int]):
         return indices
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order().tolist())
+        return iter(self.order()[self.start:].tolist())
 
     def __len__(self) -> int:
         n = len(self.source()[0])

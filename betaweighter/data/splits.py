@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from betaweighter.data.errors import CorruptDatasetError
+from betaweighter.errors import CorruptDatasetError
 
 SPLITS_FORMAT = "betaweighter-splits-v1"
 

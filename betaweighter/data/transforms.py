@@ -1,8 +1,9 @@
-"""Image transforms of the paper, and normalisation statistics measured on the data.
+"""Image transforms, and normalisation statistics measured on the data.
 
-Training (Ericsson et al., arXiv:2006.12360, STL-10): resize the short side, random crop,
-random horizontal flip. Evaluation: resize and centre crop, *no* flip. (The reference code
-also flipped at evaluation by mistake; here evaluation is deterministic.)
+Pre-training (Ericsson et al., arXiv:2006.12360, STL-10): resize the short side, random
+crop, random horizontal flip. Evaluation: resize and centre crop, *no* flip (the reference
+code also flipped at evaluation by mistake; here evaluation is deterministic). Fine-tuning
+(Ericsson et al., arXiv:2011.13377): random-resized crop and flip, bicubic.
 
 Transforms accept a uint8 tensor (C, H, W), a PIL image or an (H, W, C) uint8 array, always
 return a plain float tensor (3, crop, crop), and turn grey images into RGB first.
@@ -21,23 +22,50 @@ from tqdm.auto import tqdm
 
 Stats = tuple[tuple[float, float, float], tuple[float, float, float]]
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR,
+                  "bicubic": v2.InterpolationMode.BICUBIC}
+
 
 def train_transform(resize: int, crop: int, mean: Sequence[float], std: Sequence[float],
-                    flip: bool = True) -> Callable[[Any], Tensor]:
+                    flip: bool = True,
+                    interpolation: str = "bilinear") -> Callable[[Any], Tensor]:
     """Resize(short side = `resize`) -> RandomCrop(`crop`) -> [RandomHorizontalFlip] ->
     float in [0, 1] -> Normalize(mean, std)."""
-    steps = [v2.ToImage(), v2.RGB(), v2.Resize(resize, antialias=True), v2.RandomCrop(crop)]
+    steps = [v2.ToImage(), v2.RGB(), _resize(resize, interpolation), v2.RandomCrop(crop)]
     if flip:
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps + _to_float(mean, std))
 
 
-def eval_transform(resize: int, crop: int, mean: Sequence[float],
-                   std: Sequence[float]) -> Callable[[Any], Tensor]:
+def eval_transform(resize: int, crop: int, mean: Sequence[float], std: Sequence[float],
+                   interpolation: str = "bilinear") -> Callable[[Any], Tensor]:
     """Resize(short side = `resize`) -> CenterCrop(`crop`) -> float -> Normalize: the same
     output for the same image every time."""
-    steps = [v2.ToImage(), v2.RGB(), v2.Resize(resize, antialias=True), v2.CenterCrop(crop)]
+    steps = [v2.ToImage(), v2.RGB(), _resize(resize, interpolation), v2.CenterCrop(crop)]
     return v2.Compose(steps + _to_float(mean, std))
+
+
+def finetune_transform(size: int, mean: Sequence[float], std: Sequence[float],
+                       interpolation: str = "bicubic") -> Callable[[Any], Tensor]:
+    """RandomResizedCrop(`size`) -> RandomHorizontalFlip -> float -> Normalize: the
+    fine-tuning augmentation of arXiv:2011.13377."""
+    steps = [v2.ToImage(), v2.RGB(),
+             v2.RandomResizedCrop(size, interpolation=_mode(interpolation), antialias=True),
+             v2.RandomHorizontalFlip()]
+    return v2.Compose(steps + _to_float(mean, std))
+
+
+def _mode(interpolation: str) -> v2.InterpolationMode:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got "
+                         f"{interpolation!r}")
+    return INTERPOLATIONS[interpolation]
+
+
+def _resize(size: int, interpolation: str) -> v2.Resize:
+    return v2.Resize(size, interpolation=_mode(interpolation), antialias=True)
 
 
 def _to_float(mean: Sequence[float], std: Sequence[float]) -> list:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,6 +35,18 @@ class Transformed(Dataset):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def fingerprint(self) -> str | None:
+        """A digest of what this view yields (None when the raw data cannot describe
+        itself), for feature caches."""
+        raw = getattr(self.raw, "fingerprint", None)
+        base = raw() if callable(raw) else None
+        if base is None:
+            return None
+        h = hashlib.sha256(base.encode())
+        h.update(repr(self.transform).encode())
+        h.update(self.indices.tobytes())
+        return h.hexdigest()
 
     def __getitem__(self, k: int) -> tuple[Any, int]:
         image, label = self.raw[int(self.indices[k])]

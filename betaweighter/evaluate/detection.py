@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -26,17 +26,22 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 from tqdm.auto import tqdm
 
-from betaweighter.evaluate._runtime import resolve_device
-from betaweighter.evaluate.detection_data import DetectionDataset, collate_detection
+from betaweighter.data.detection import DetectionDataset, collate_detection
+from betaweighter.data.loaders import forever
+from betaweighter.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from betaweighter.evaluate.detection_metrics import coco_box_metrics, voc07_detection_ap
+from betaweighter.runtime import progress_disabled, resolve_device
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["build_faster_rcnn", "evaluate_detection", "fpn_backbone", "freeze_batchnorm",
+           "predict_detections", "resnet_trunk", "score_detections", "train_detector"]
+
 TRAIN_SIZES = tuple(range(480, 801, 32))
+TRUNK_LAYERS = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 
 def resnet_trunk(backbone: nn.Module) -> torchvision.models.ResNet:
@@ -68,6 +73,20 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
+def fpn_backbone(trunk: torchvision.models.ResNet, trainable_layers: int) -> BackboneWithFPN:
+    """A feature pyramid (256 channels, levels from layer1..layer4 plus a max-pooled one)
+    over a torchvision ResNet whose last `trainable_layers` stages train (5 = all, with the
+    stem's norm; 0 = none)."""
+    train = list(TRUNK_LAYERS[:trainable_layers]) + (["bn1"] if trainable_layers == 5 else [])
+    for name, parameter in trunk.named_parameters():
+        if not any(name.startswith(layer) for layer in train):
+            parameter.requires_grad_(False)
+    stage2 = trunk.inplanes // 8  # 64 channels for ResNet-18, 256 for ResNet-50
+    return BackboneWithFPN(trunk, {f"layer{k}": str(k - 1) for k in (1, 2, 3, 4)},
+                           [stage2 * 2 ** (k - 1) for k in (1, 2, 3, 4)], 256,
+                           extra_blocks=LastLevelMaxPool())
+
+
 def build_faster_rcnn(backbone: nn.Module, num_classes: int, *, trainable_layers: int = 1,
                       min_size: int | Sequence[int] = TRAIN_SIZES, max_size: int = 1333,
                       image_mean: Sequence[float] = IMAGENET_MEAN,
@@ -83,7 +102,7 @@ def build_faster_rcnn(backbone: nn.Module, num_classes: int, *, trainable_layers
     if not 0 <= trainable_layers <= 5:
         raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
     trunk = freeze_batchnorm(copy.deepcopy(resnet_trunk(backbone)).cpu())
-    fpn = _resnet_fpn_extractor(trunk, trainable_layers)
+    fpn = fpn_backbone(trunk, trainable_layers)
     sizes = (min_size,) if isinstance(min_size, int) else tuple(int(s) for s in min_size)
     return FasterRCNN(fpn, num_classes=num_classes + 1, min_size=sizes, max_size=max_size,
                       image_mean=list(image_mean), image_std=list(image_std),
@@ -116,9 +135,11 @@ def train_detector(model: FasterRCNN, dataset: DetectionDataset, *, images: int,
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    batches = _forever(dataset, batch_size, num_workers, seed)
+    batches = forever(DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                 num_workers=num_workers, collate_fn=collate_detection,
+                                 generator=torch.Generator().manual_seed(seed)))
     last = torch.zeros(())
-    for it in tqdm(range(iterations), desc="detection training", disable=None):
+    for it in tqdm(range(iterations), desc="detection training", disable=progress_disabled()):
         imgs, targets = next(batches)
         imgs = [im.to(device, non_blocking=True) for im in imgs]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
@@ -146,7 +167,8 @@ def predict_detections(model: FasterRCNN, dataset: DetectionDataset, *, batch_si
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=collate_detection)
     out = []
-    for imgs, targets in tqdm(loader, desc="detection inference", disable=None, leave=False):
+    for imgs, targets in tqdm(loader, desc="detection inference", disable=progress_disabled(),
+                              leave=False):
         for pred, t in zip(model([im.to(device) for im in imgs]), targets):
             for box, score, label in zip(pred["boxes"].tolist(), pred["scores"].tolist(),
                                          pred["labels"].tolist()):
@@ -166,7 +188,7 @@ def score_detections(dataset: DetectionDataset,
             "classes_without_ground_truth": voc["classes_without_ground_truth"]}
 
 
-def detection(backbone: nn.Module, train_set: DetectionDataset, test_set: DetectionDataset,
+def evaluate_detection(backbone: nn.Module, train_set: DetectionDataset, test_set: DetectionDataset,
               *, trainable_layers: int = 1, images: int = 288_000, batch_size: int = 2,
               min_size: int | Sequence[int] = TRAIN_SIZES, max_size: int = 1333,
               image_mean: Sequence[float] = IMAGENET_MEAN,
@@ -194,12 +216,3 @@ def detection(backbone: nn.Module, train_set: DetectionDataset, test_set: Detect
     return {**score_detections(test_set, dets), "detections": len(dets),
             "trainable_layers": trainable_layers, "training": log,
             "train_data": train_set.report, "test_data": test_set.report}
-
-
-def _forever(dataset: DetectionDataset, batch_size: int, num_workers: int,
-             seed: int) -> Iterator[tuple[list, list]]:
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                        collate_fn=collate_detection,
-                        generator=torch.Generator().manual_seed(seed))
-    while True:
-        yield from loader

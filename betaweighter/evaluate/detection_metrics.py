@@ -17,8 +17,8 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+import torch
+from torchvision.ops import box_iou
 
 from betaweighter.evaluate.metrics import voc07_ap11
 
@@ -28,6 +28,7 @@ def coco_box_metrics(ground_truth: dict[str, Any],
     """COCO ``AP`` (mean over IoU 0.50:0.05:0.95), ``AP50`` and ``AP75``, all areas, up to
     100 detections per image. With no detections at all every AP is 0; with no
     (non-ignored) ground truth it is None (undefined)."""
+    COCO, COCOeval = _pycocotools()
     gt = COCO()
     gt.dataset = copy.deepcopy(ground_truth)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -44,16 +45,6 @@ def coco_box_metrics(ground_truth: dict[str, Any],
         ev.summarize()
     stats = [float(s) if s >= 0 else None for s in ev.stats[:3]]
     return dict(zip(("AP", "AP50", "AP75"), stats))
-
-
-def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy box with each row of `boxes` (continuous coordinates)."""
-    ix = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    iy = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
-    inter = ix * iy
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-12)
 
 
 def voc07_detection_ap(ground_truth: dict[str, Any], detections: list[dict[str, Any]],
@@ -90,7 +81,8 @@ def voc07_detection_ap(ground_truth: dict[str, Any], detections: list[dict[str, 
                 hits.append(0)
                 continue
             x, y, w, h = d["bbox"]
-            ious = box_iou(np.asarray([x, y, x + w, y + h]), t[:, :4])
+            ious = box_iou(torch.tensor([[x, y, x + w, y + h]], dtype=torch.float64),
+                           torch.from_numpy(t[:, :4]))[0].numpy()
             j = int(np.argmax(ious))
             if ious[j] > iou_threshold and t[j, 4]:
                 continue
@@ -106,3 +98,14 @@ def voc07_detection_ap(ground_truth: dict[str, Any], detections: list[dict[str, 
     mean = float(np.mean(list(per_class.values()))) if per_class else None
     return {"mAP": mean, "per_class": per_class, "classes_without_ground_truth": empty,
             "iou_threshold": iou_threshold}
+
+
+def _pycocotools() -> tuple[Any, Any]:
+    """pycocotools' COCO and COCOeval, or an error naming the extra that installs it."""
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError:
+        raise ImportError("COCO AP needs pycocotools: pip install 'betaweighter[detection]'"
+                          ) from None
+    return COCO, COCOeval

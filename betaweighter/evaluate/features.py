@@ -11,8 +11,6 @@ cannot be read back for a different model or split.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,8 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 from tqdm.auto import tqdm
 
-from betaweighter.evaluate._runtime import module_device, resolve_device
+from betaweighter.io import save_array
+from betaweighter.runtime import module_device, progress_disabled, resolve_device
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -38,12 +37,16 @@ def model_fingerprint(model: nn.Module) -> str:
 def dataset_fingerprint(dataset: Any) -> str | None:
     """A digest of what a dataset yields, or None when it cannot be described reliably.
 
-    Datasets with a ``samples`` list (torchvision ``ImageFolder``) are described by their
-    file list, labels and transform; `Subset` by its parent and indices; `ConcatDataset`
-    by its parts. Other datasets
+    A dataset with a ``fingerprint()`` method describes itself (this package's image
+    folders and their views do: file list, labels, transform, indices). Datasets with a
+    ``samples`` list (torchvision ``ImageFolder``) are described by their file list, labels
+    and transform; `Subset` by its parent and indices; `ConcatDataset` by its parts. Others
     are described by ``repr`` unless it only shows a memory address (then: None, no cache).
     The file contents are not hashed: rewriting an image in place keeps the key.
     """
+    own = getattr(dataset, "fingerprint", None)
+    if callable(own):
+        return own()
     h = hashlib.sha256()
     if isinstance(dataset, ConcatDataset):
         parts = [dataset_fingerprint(d) for d in dataset.datasets]
@@ -99,7 +102,7 @@ def extract_features(model: nn.Module, dataset: Any, *, batch_size: int = 64,
     model.eval()
     feats, labels = [], []
     try:
-        for x, y in tqdm(loader, desc=f"features {name}", disable=None, leave=False):
+        for x, y in tqdm(loader, desc=f"features {name}", disable=progress_disabled(), leave=False):
             out = embed(x.to(device, non_blocking=True))
             feats.append(out.flatten(1).float().cpu().numpy())
             labels.append(torch.as_tensor(y).reshape(-1).cpu().numpy().astype(np.int64))
@@ -109,8 +112,8 @@ def extract_features(model: nn.Module, dataset: Any, *, batch_size: int = 64,
         raise ValueError(f"cannot extract features of split {name!r}: the dataset is empty")
     features, targets = np.concatenate(feats), np.concatenate(labels)
     if cache is not None:
-        _save_atomic(cache[0], features)
-        _save_atomic(cache[1], targets)
+        save_array(cache[0], features)
+        save_array(cache[1], targets)
     return features, targets
 
 
@@ -124,15 +127,3 @@ def _cache_paths(model: nn.Module, dataset: Any, cache_dir: str | Path | None,
     key = hashlib.sha256(f"{model_fingerprint(model)}{data_key}".encode()).hexdigest()[:20]
     base = Path(cache_dir)
     return base / f"{name}-{key}.features.npy", base / f"{name}-{key}.labels.npy"
-
-
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

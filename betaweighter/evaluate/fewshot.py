@@ -28,6 +28,10 @@ from tqdm.auto import tqdm
 from betaweighter.data.episodes import EpisodeSampler
 from betaweighter.evaluate.features import extract_features
 from betaweighter.evaluate.metrics import mean_confidence_interval
+from betaweighter.io import write_json
+from betaweighter.runtime import progress_disabled
+
+__all__ = ["Episodes", "evaluate_fewshot", "fit_fewshot", "make_episodes", "nearest_class_mean"]
 
 CLASSIFIERS = ("ncm", "logistic")
 FEATURE_NORMS = ("none", "l2")
@@ -61,10 +65,7 @@ class Episodes:
 
     def save(self, path: str | Path) -> Path:
         """Write the episodes as JSON."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self)))
-        return path
+        return write_json(path, asdict(self), indent=None)
 
     @classmethod
     def load(cls, path: str | Path) -> Episodes:
@@ -93,8 +94,8 @@ def make_episodes(labels: np.ndarray, way: int = 5, shot: int = 5, query: int = 
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     sampler = EpisodeSampler(labels, way, shot, query, seed=seed)
     support, queries, classes = [], [], []
-    for _ in range(episodes):
-        s, q, c = sampler.sample()
+    for i in range(episodes):
+        s, q, c = sampler.sample(i)
         support.append(s.tolist())
         queries.append(q.tolist())
         classes.append(np.asarray(c).tolist())
@@ -136,7 +137,8 @@ def fit_fewshot(features: np.ndarray, labels: np.ndarray, episodes: Episodes, *,
         accs = [_episode_accuracy(x[np.asarray(s)], y_support, x[np.asarray(q)], y_query,
                                   classifier, logistic_c)
                 for s, q in tqdm(zip(episodes.support, episodes.queries), total=len(episodes),
-                                 desc="few-shot episodes", disable=None, leave=False)]
+                                 desc="few-shot episodes", disable=progress_disabled(),
+                                 leave=False)]
     mean, half_width = mean_confidence_interval(accs)
     return {"accuracy": mean, "ci95": half_width, "episodes": len(accs),
             "way": episodes.way, "shot": episodes.shot, "query": episodes.query,
@@ -154,7 +156,7 @@ def _episode_accuracy(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray, yq: np.nda
     return float(np.mean(pred == yq))
 
 
-def fewshot(model: Any, dataset: Any, *, way: int = 5, shot: int = 5, query: int = 15,
+def evaluate_fewshot(model: Any, dataset: Any, *, way: int = 5, shot: int = 5, query: int = 15,
             episodes: int | Episodes = 600, seed: int = 0, batch_size: int = 64,
             num_workers: int = 0, device: Any = None, cache_dir: Any = None,
             **options: Any) -> dict[str, Any]:

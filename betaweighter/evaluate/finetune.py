@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -26,11 +25,13 @@ from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm.auto import tqdm
 
-from betaweighter.evaluate._runtime import module_device, resolve_device
-from betaweighter.evaluate.metrics import accuracy, mean_per_class_accuracy
+from betaweighter.data.loaders import forever
+from betaweighter.evaluate.metrics import METRICS, accuracy, mean_per_class_accuracy
+from betaweighter.runtime import module_device, progress_disabled, resolve_device
+
+__all__ = ["FeatureClassifier", "evaluate_finetune", "predict", "train_classifier"]
 
 OPTIMIZERS = ("sgd", "adam")
-METRICS = {"top1": accuracy, "mean_per_class": mean_per_class_accuracy}
 
 
 class FeatureClassifier(nn.Module):
@@ -67,9 +68,14 @@ def train_classifier(model: nn.Module, train_set: Any, *, num_classes: int, lr: 
     else:
         opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    batches = _forever(train_set, batch_size, num_workers, seed, device)
+    # The last partial batch is dropped so that BatchNorm never sees a batch of one.
+    loader = DataLoader(train_set, batch_size=min(batch_size, len(train_set)), shuffle=True,
+                        drop_last=True, num_workers=num_workers,
+                        generator=torch.Generator().manual_seed(seed),
+                        pin_memory=device.type == "cuda")
+    batches = forever(loader)
     for _ in tqdm(range(steps), desc=f"fine-tune lr={lr:g} wd={weight_decay:g}",
-                  disable=None, leave=False):
+                  disable=progress_disabled(), leave=False):
         x, y = next(batches)
         loss = F.cross_entropy(net(x.to(device)), y.to(device))
         if not torch.isfinite(loss):
@@ -96,7 +102,7 @@ def predict(net: nn.Module, dataset: Any, *, batch_size: int = 64, num_workers: 
     return np.concatenate(labels), np.concatenate(preds)
 
 
-def finetune(model: nn.Module, train_set: Any, val_set: Any, test_set: Any, *,
+def evaluate_finetune(model: nn.Module, train_set: Any, val_set: Any, test_set: Any, *,
              num_classes: int, lrs: tuple[float, ...] | list[float] = (0.1, 0.01, 0.001),
              weight_decays: tuple[float, ...] | list[float] = (0.0, 1e-4),
              steps: int = 5000, optimizer: str = "sgd", batch_size: int = 64,
@@ -157,16 +163,3 @@ def _feature_dim(backbone: nn.Module, dataset: Any, device: torch.device) -> int
         dim = backbone.features(x).flatten(1).shape[1]
     backbone.train(was)
     return int(dim)
-
-
-def _forever(dataset: Any, batch_size: int, num_workers: int, seed: int,
-             device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-    """Endless shuffled batches; the last partial batch of an epoch is dropped so that
-    BatchNorm never sees a batch of one (unless the dataset is smaller than a batch)."""
-    batch_size = min(batch_size, len(dataset))
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                        num_workers=num_workers, generator=generator,
-                        pin_memory=device.type == "cuda")
-    while True:
-        yield from loader

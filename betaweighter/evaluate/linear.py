@@ -28,10 +28,12 @@ from tqdm.auto import tqdm
 
 from betaweighter.evaluate.calibration import calibration_report
 from betaweighter.evaluate.features import extract_features
-from betaweighter.evaluate.metrics import accuracy, mean_per_class_accuracy
+from betaweighter.evaluate.metrics import METRICS, accuracy, mean_per_class_accuracy
+from betaweighter.runtime import progress_disabled
+
+__all__ = ["default_c_grid", "fit_linear_probe", "linear_probe", "select_c"]
 
 Split = tuple[np.ndarray, np.ndarray]
-METRICS = {"top1": accuracy, "mean_per_class": mean_per_class_accuracy}
 
 
 def default_c_grid(num: int = 45, min_wd: float = 1e-6, max_wd: float = 1e5) -> np.ndarray:
@@ -52,29 +54,14 @@ def fit_linear_probe(train: Split, val: Split, test: Split, *,
     the classifier fitted on train alone at the selected C, because the temperature must
     be fitted on data that classifier has not seen).
     """
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
-    score = METRICS[metric]
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (_as_split(s, n) for s, n in
                                                 ((train, "train"), (val, "val"), (test, "test")))
     _check_label_space(y_tr, {"val": y_va, "test": y_te})
-    grid = default_c_grid() if c_values is None else np.asarray(c_values, dtype=np.float64)
-    if grid.size == 0 or np.any(grid <= 0):
-        raise ValueError("c_values must be a non-empty list of positive numbers")
-
     scaler = StandardScaler().fit(x_tr) if standardize else None
-    f_tr, f_va, f_te = (_scale(scaler, x) for x in (x_tr, x_va, x_te))
-    clf = LogisticRegression(solver="lbfgs", max_iter=max_iter, warm_start=True)
-    val_scores, not_converged = [], 0
-    best_score, best_c, best_clf = -np.inf, float(grid[0]), None
-    for c in tqdm(grid, desc="linear probe C grid", disable=None, leave=False):
-        clf.set_params(C=float(c))
-        not_converged += _fit(clf, f_tr, y_tr)
-        s = score(y_va, clf.predict(f_va))
-        val_scores.append({"C": float(c), "score": s})
-        if s > best_score:
-            best_score, best_c, best_clf = s, float(c), copy.deepcopy(clf)
-
+    f_va, f_te = _scale(scaler, x_va), _scale(scaler, x_te)
+    search = _grid_search(_scale(scaler, x_tr), y_tr, f_va, y_va, c_values, metric, max_iter)
+    best_c, best_score, best_clf = search["C"], search["val_score"], search.pop("classifier")
+    not_converged = search["not_converged"]
     calibration = calibration_report(_logits(best_clf, f_va), _index_of(best_clf, y_va),
                                      _logits(best_clf, f_te), _index_of(best_clf, y_te),
                                      n_bins=calibration_bins)
@@ -89,13 +76,49 @@ def fit_linear_probe(train: Split, val: Split, test: Split, *,
         "metric": metric,
         "C": best_c,
         "val_score": float(best_score),
-        "val_scores": val_scores,
+        "val_scores": search["val_scores"],
         "not_converged": not_converged,
         "calibration": calibration,
         "num_classes": int(np.unique(y_tr).size),
         "feature_dim": int(x_tr.shape[1]),
         "n_train": int(y_tr.size), "n_val": int(y_va.size), "n_test": int(y_te.size),
     }
+
+
+def select_c(train: Split, val: Split, *, c_values: np.ndarray | list[float] | None = None,
+             metric: str = "top1", max_iter: int = 1000) -> dict[str, Any]:
+    """Model selection only: fit on `train` for each C and score on `val`, nothing else
+    (no refit, no calibration). Returns ``C``, ``val_score``, ``val_scores`` and
+    ``not_converged``. The trainer calls it after every epoch to pick the best checkpoint;
+    the full `fit_linear_probe` runs once at the end."""
+    (x_tr, y_tr), (x_va, y_va) = _as_split(train, "train"), _as_split(val, "val")
+    _check_label_space(y_tr, {"val": y_va})
+    out = _grid_search(x_tr, y_tr, x_va, y_va, c_values, metric, max_iter)
+    out.pop("classifier")
+    return out
+
+
+def _grid_search(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarray,
+                 c_values: Any, metric: str, max_iter: int) -> dict[str, Any]:
+    """Fit along the C grid (largest C first, warm-started) and keep the best on val."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+    score = METRICS[metric]
+    grid = default_c_grid() if c_values is None else np.asarray(c_values, dtype=np.float64)
+    if grid.size == 0 or np.any(grid <= 0) or not np.all(np.isfinite(grid)):
+        raise ValueError("c_values must be a non-empty list of positive finite numbers")
+    clf = LogisticRegression(solver="lbfgs", max_iter=max_iter, warm_start=True)
+    val_scores, not_converged = [], 0
+    best_score, best_c, best_clf = -np.inf, float(grid[0]), None
+    for c in tqdm(grid, desc="linear probe C grid", disable=progress_disabled(), leave=False):
+        clf.set_params(C=float(c))
+        not_converged += _fit(clf, x_tr, y_tr)
+        s = score(y_va, clf.predict(x_va))
+        val_scores.append({"C": float(c), "score": s})
+        if s > best_score:
+            best_score, best_c, best_clf = s, float(c), copy.deepcopy(clf)
+    return {"C": best_c, "val_score": float(best_score), "val_scores": val_scores,
+            "not_converged": not_converged, "classifier": best_clf}
 
 
 def linear_probe(model: Any, train_set: Any, val_set: Any, test_set: Any, *,

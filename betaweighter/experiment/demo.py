@@ -11,24 +11,24 @@ from pathlib import Path
 from typing import Any
 
 from betaweighter.experiment.config import Config, load_config
-from betaweighter.experiment.metrics import read_metrics
+from betaweighter.experiment.rundir import RunDir
+from betaweighter.experiment.shipped import config_file
 from betaweighter.experiment.trainer import Trainer
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+__all__ = ["demo_config", "run_demo", "table"]
 
 
 def demo_config(overrides: list[str] | None = None) -> Config:
-    if not DEMO_CONFIG.is_file():
-        raise FileNotFoundError(f"the demo config {DEMO_CONFIG} is missing: run the demo from "
-                                "a source checkout of betaweighter (pip install -e .)")
-    return load_config(DEMO_CONFIG, overrides)
+    """The shipped demo config (package data), with `overrides` applied."""
+    with config_file("demo") as path:
+        return load_config(path, overrides)
 
 
 def run_demo(out: str | Path = "runs", overrides: list[str] | None = None) -> list[dict]:
     """Run the three demo variants and print the comparison table. Returns the summaries."""
     base = list(overrides or []) + [f"experiment.output_root={out}"]
     bdw = _run(demo_config(base))
-    counts = [int(r["pruned"] or 0) for r in read_metrics(Path(bdw["run_dir"]) / "metrics.csv")]
+    counts = [int(r["decided"] or 0) for r in RunDir(bdw["run_dir"]).metrics()]
     rotnet = _run(demo_config(base + ["experiment.name=demo-rotnet", "weights.method=rotnet",
                                       "pruning.enabled=false"]))
     random = _run(demo_config(base + ["experiment.name=demo-random-prune", "pruning.rule=random",
@@ -40,8 +40,8 @@ def run_demo(out: str | Path = "runs", overrides: list[str] | None = None) -> li
 
 
 def _run(cfg: Config) -> dict[str, Any]:
-    trainer = Trainer.start(cfg)
-    return {**trainer.run(), "run_dir": str(trainer.run_dir)}
+    with Trainer.start(cfg) as trainer:
+        return {**trainer.run(), "run_dir": str(trainer.run_dir)}
 
 
 def table(rows: list[tuple[str, dict[str, Any]]]) -> str:
@@ -49,8 +49,8 @@ def table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     lines = [head]
     for name, s in rows:
         share = s.get("pruned_in_domain_share")
-        lines.append((name, f"{100 * s['test_accuracy']:.1f}%", f"{s['kept_fraction']:.2f}",
-                      "-" if share is None else f"{100 * share:.0f}%",
+        lines.append((name, f"{100 * s['test_accuracy']:.1f}%", f"{float(s['kept_fraction']):.2f}",
+                      "-" if share in (None, "") else f"{100 * float(share):.0f}%",
                       f"{s['train_seconds']:.0f} s"))
     widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
     out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in lines]

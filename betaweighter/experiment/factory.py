@@ -1,5 +1,5 @@
-"""Build every component of a run from its config: data, model, weights, optimisers,
-schedules, the meta objective, MetaWeighter and the pruning scheduler."""
+"""Build every component of a run from its config: data, pretext and model, weights,
+optimisers, schedules, the meta objective, MetaWeighter and the pruning scheduler."""
 
 from __future__ import annotations
 
@@ -9,25 +9,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 import betaweighter as bw
 from betaweighter import data as bwdata
-from betaweighter.experiment.config import Config, ConfigError
+from betaweighter.errors import ConfigError
+from betaweighter.experiment.config import Config
 from betaweighter.meta.weighter import MetaWeighter
-from betaweighter.models import Backbone, build_model
+from betaweighter.models import build_model
+from betaweighter.pretext.base import Pretext
+from betaweighter.pretext.rotation import RotationPretext
 from betaweighter.pruning import PruningScheduler
+from betaweighter.runtime import resolve_device, world
 from betaweighter.weights.base import InstanceWeights
+
+__all__ = ["PRETEXT_BUILDERS", "WEIGHT_CLASSES", "Components", "build", "build_weights",
+           "checked_kwargs"]
 
 # config name -> name of the class exported by `betaweighter`
 WEIGHT_CLASSES = {
-    "bdw": "BetaWeights",
-    "dw": "PointWeights",
-    "rotnet": "UniformWeights",
-    "l2rw": "L2RW",
-    "nn": "NearestNeighbourWeights",
-    "weightnet": "WeightNet",
-    "heuristic": "LossHeuristicWeights",
-    "random": "RandomWeights",
+    "bdw": "BetaWeights", "dw": "PointWeights", "rotnet": "UniformWeights", "l2rw": "L2RW",
+    "nn": "NearestNeighbourWeights", "weightnet": "WeightNet",
+    "heuristic": "LossHeuristicWeights", "random": "RandomWeights",
 }
 
 
@@ -42,15 +45,6 @@ def checked_kwargs(fn: Callable, options: dict[str, Any], key: str,
             raise ConfigError(f"unknown config key '{key}.{name}'; {fn.__qualname__} takes: "
                               + ", ".join(allowed))
     return dict(options)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config key 'train.device': 'cuda' was asked for but no GPU is "
-                          "visible; use 'auto' or 'cpu'")
-    return torch.device(name)
 
 
 def build_data(cfg: Config, seed: int, splits: Any = None) -> bwdata.DataBundle:
@@ -72,12 +66,19 @@ def build_data(cfg: Config, seed: int, splits: Any = None) -> bwdata.DataBundle:
     return bwdata.image_folders(d.pool_root, d.target_root, seed=seed, **kw)
 
 
-def build_backbone(cfg: Config) -> tuple[Backbone, dict[str, Any]]:
-    """The model, and the `model_config` that rebuilds it (saved in checkpoints)."""
+def _rotation(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, Any]]:
+    checked_kwargs(RotationPretext, options, "pretext.options", ("backbone",))
     model_config: dict[str, Any] = {"name": cfg.model.name, "num_classes": 4}
     if cfg.model.name == "convnet":
         model_config.update(width=cfg.model.width, blocks=cfg.model.blocks)
-    return build_model(**model_config), model_config
+    return RotationPretext(build_model(**model_config), **options), model_config
+
+
+#: pretext name -> builder(cfg, options) -> (pretext module, model_config of its backbone)
+PRETEXT_BUILDERS: dict[str, Callable[[Config, dict[str, Any]],
+                                     tuple[Pretext, dict[str, Any]]]] = {
+    "rotation": _rotation,
+}
 
 
 def build_weights(cfg: Config, num_instances: int) -> InstanceWeights:
@@ -90,15 +91,19 @@ def build_weights(cfg: Config, num_instances: int) -> InstanceWeights:
                           f"{cfg.weights.method!r}: {e}") from None
 
 
-def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     t = cfg.train
+    params = [p for p in model.parameters() if p.requires_grad]
     if t.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
-                               weight_decay=t.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if t.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum,
+                                   weight_decay=t.weight_decay)
+    cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
-def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer):
+def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> Any:
     t = cfg.train
     if t.schedule == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, t.milestones, gamma=t.gamma)
@@ -107,65 +112,81 @@ def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer):
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
-def build_objective(cfg: Config) -> Any:
+def build_meta(cfg: Config, model: nn.Module, weights: InstanceWeights,
+               optimizer: torch.optim.Optimizer, target: Any, scaler: Any) -> MetaWeighter:
     m = cfg.meta
-    return bw.PrototypicalLoss(m.way, m.shot, m.query, seed=cfg.experiment.seed)
-
-
-def build_meta(cfg: Config, model: torch.nn.Module, weights: InstanceWeights,
-               optimizer: torch.optim.Optimizer, target: Any) -> MetaWeighter:
-    m = cfg.meta
-    objective = build_objective(cfg)
+    objective = bw.PrototypicalLoss(m.way, m.shot, m.query, seed=cfg.experiment.seed)
+    weight_optimizer = None
+    if isinstance(weights, bw.weights.LearnedWeights):
+        weight_optimizer = bw.WeightOptimizer(
+            m.weight_optimizer, m.weight_lr, momentum=m.weight_momentum,
+            normalise=m.weight_normalise, rms_decay=m.weight_rms_decay,
+            dense=m.dense_weight_updates)
     try:
-        return MetaWeighter(
-            model, weights, optimizer, objective, target=target,
-            weight_lr=m.weight_lr, weight_optimizer=m.weight_optimizer,
-            weight_momentum=m.weight_momentum, engine=m.engine, every=m.every,
-            normalise=m.normalise, inner_steps=m.inner_steps, meta_gradient=m.meta_gradient,
-            dense_weight_updates=m.dense_weight_updates,
-        )
-    except ValueError as e:
+        return MetaWeighter(model, weights, optimizer, objective, target=target,
+                            weight_optimizer=weight_optimizer, meta_gradient=m.meta_gradient,
+                            every=m.every, inner_steps=m.inner_steps, normalise=m.normalise,
+                            precision=cfg.train.precision, scaler=scaler)
+    except (ValueError, TypeError, ImportError) as e:
         raise ConfigError(f"config section 'meta': {e}") from None
 
 
 def build_pruner(cfg: Config, weights: InstanceWeights, in_domain: Any) -> PruningScheduler:
     p = cfg.pruning
-    return PruningScheduler(
-        weights, p.rule, epsilon=p.epsilon, delta=p.delta, quantile=p.quantile,
-        control=p.control, warmup=p.warmup if p.enabled else 10**9, every=p.every,
-        max_fraction=p.max_fraction, soft=p.soft and p.enabled, skip_prob=p.skip_prob,
-        total_epochs=cfg.train.epochs, anneal_epochs=p.anneal_epochs,
-        seed=cfg.experiment.seed, in_domain=in_domain,
-    )
+    try:
+        return PruningScheduler(
+            weights, p.rule, epsilon=p.epsilon, delta=p.delta, quantile=p.quantile,
+            control=p.control, warmup=p.warmup, every=p.every, max_fraction=p.max_fraction,
+            soft=p.soft, skip_prob=p.skip_prob, total_epochs=cfg.train.epochs,
+            anneal_epochs=p.anneal_epochs, seed=cfg.experiment.seed, in_domain=in_domain)
+    except ValueError as e:
+        raise ConfigError(f"config section 'pruning': {e}") from None
 
 
 @dataclass
 class Components:
+    """Everything a run trains with. `model` is what the optimiser and MetaWeighter see
+    (the pretext module, wrapped in DDP under torchrun); `pretext` is the module inside."""
+
     bundle: bwdata.DataBundle
-    model: Backbone
+    pretext: Pretext
+    model: nn.Module
     model_config: dict[str, Any]
     optimizer: torch.optim.Optimizer
     scheduler: Any
     weights: InstanceWeights
     meta: MetaWeighter
-    pruner: PruningScheduler
+    pruner: PruningScheduler | None
     device: torch.device
+    scaler: Any
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.pretext.backbone
 
 
 def build(cfg: Config, splits: Any = None) -> Components:
     """Everything a run needs, seeded by ``experiment.seed``."""
     seed = cfg.experiment.seed
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, key="config key 'train.device'")
     bundle = build_data(cfg, seed, splits)
     torch.manual_seed(seed)
-    model, model_config = build_backbone(cfg)
-    model.to(device)
-    optimizer = build_optimizer(cfg, model)
+    name = cfg.pretext.name
+    pretext, model_config = PRETEXT_BUILDERS[name](cfg, dict(cfg.pretext.options))
+    pretext.to(device)
+    model: nn.Module = pretext
+    if world()[0] > 1:
+        if cfg.train.sync_batchnorm:
+            pretext = nn.SyncBatchNorm.convert_sync_batchnorm(pretext)
+        model = nn.parallel.DistributedDataParallel(
+            pretext, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = build_optimizer(cfg, pretext)
     scheduler = build_scheduler(cfg, optimizer)
     weights = build_weights(cfg, len(bundle.pool)).to(device)
     if callable(getattr(weights, "fit", None)):  # NN-Weighter: distances to the target set
-        weights.fit(bundle.pool, bundle.target_train, model)
-    meta = build_meta(cfg, model, weights, optimizer, bundle.target_train)
-    pruner = build_pruner(cfg, weights, bundle.in_domain)
-    return Components(bundle, model, model_config, optimizer, scheduler, weights, meta,
-                      pruner, device)
+        weights.fit(bundle.pool, bundle.target_train, pretext)
+    scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
+    meta = build_meta(cfg, model, weights, optimizer, bundle.target_train, scaler)
+    pruner = build_pruner(cfg, weights, bundle.in_domain) if cfg.pruning.enabled else None
+    return Components(bundle, pretext, model, model_config, optimizer, scheduler, weights, meta,
+                      pruner, device, scaler)

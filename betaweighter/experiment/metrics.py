@@ -7,7 +7,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-from betaweighter.experiment.rundir import atomic_write_text
+from betaweighter.io import atomic_write_text
+
+__all__ = ["MetricsLog"]
 
 
 class MetricsLog:
@@ -15,16 +17,13 @@ class MetricsLog:
 
     def __init__(self, path: str | Path, rows: list[dict[str, Any]] | None = None) -> None:
         self.path = Path(path)
-        self.rows: list[dict[str, Any]] = list(rows or [])
+        self.rows: list[dict[str, Any]] = [dict(r) for r in rows or []]
         if self.rows:
             self._write()
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(dict(row))
         self._write()
-
-    def column(self, name: str) -> list[Any]:
-        return [r.get(name) for r in self.rows]
 
     def _write(self) -> None:
         columns: list[str] = []
@@ -39,9 +38,4 @@ class MetricsLog:
 
 
 def _fmt(v: Any) -> Any:
-    return f"{v:.6g}" if isinstance(v, float) else v
-
-
-def read_metrics(path: str | Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return f"{v:.6g}" if isinstance(v, float) else ("" if v is None else v)

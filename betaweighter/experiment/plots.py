@@ -1,25 +1,38 @@
-"""Plots of a run (matplotlib, Agg backend, PNG files in ``RUN_DIR/plots``)."""
+"""Plots of a run, as PNG files in ``RUN_DIR/plots``.
+
+Figures are drawn with matplotlib's object API (``matplotlib.figure.Figure``), which needs
+no GUI and never changes the backend the user's own code has chosen.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
+__all__ = ["HIST_BINS", "curves", "diagnostics", "image_grid", "weight_histograms"]
 
 HIST_BINS = np.linspace(0.0, 1.0, 41)
 
 
-def weight_histograms(history: list[np.ndarray], path: Path) -> None:
+def _num(row: dict[str, Any], key: str) -> float:
+    value = row.get(key)
+    try:
+        return float(value) if value not in (None, "") else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def weight_histograms(history: list[np.ndarray], path: Path) -> Path:
     """Histogram of the mean weights per epoch, as a heat map (epoch x weight)."""
     counts = np.stack(history) if history else np.zeros((1, len(HIST_BINS) - 1))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     im = ax.imshow(np.log1p(counts).T, origin="lower", aspect="auto", cmap="viridis",
                    extent=(0.5, len(counts) + 0.5, 0.0, 1.0))  # epochs count from 1
     ax.set_xlabel("epoch")
@@ -28,17 +41,18 @@ def weight_histograms(history: list[np.ndarray], path: Path) -> None:
     fig.colorbar(im, ax=ax, label="log(1 + count)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return path
 
 
-def curves(rows: list[dict[str, Any]], path: Path) -> None:
+def curves(rows: list[dict[str, Any]], path: Path) -> Path:
     """Kept fraction and validation accuracy against epoch and against wall time."""
-    epoch = np.array([float(r["epoch"]) for r in rows])
-    wall = np.cumsum([float(r.get("epoch_seconds") or 0.0) for r in rows])
-    kept = np.array([float(r.get("kept_fraction") or 1.0) for r in rows])
-    acc = np.array([float(r["val_accuracy"]) if r.get("val_accuracy") not in (None, "")
-                    else np.nan for r in rows])
-    fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharey="row")
+    epoch = np.array([_num(r, "epoch") for r in rows])
+    wall = np.cumsum([0.0 if math.isnan(_num(r, "epoch_seconds")) else _num(r, "epoch_seconds")
+                      for r in rows])
+    kept = np.array([_num(r, "kept_fraction") for r in rows])
+    acc = np.array([_num(r, "val_accuracy") for r in rows])
+    fig = Figure(figsize=(9, 6))
+    axes = fig.subplots(2, 2, sharey="row")
     for col, (x, label) in enumerate([(epoch, "epoch"), (wall, "training wall time (s)")]):
         axes[0, col].plot(x, acc, marker="o")
         axes[0, col].set_ylabel("val accuracy (linear probe)")
@@ -48,20 +62,101 @@ def curves(rows: list[dict[str, Any]], path: Path) -> None:
         axes[1, col].set_xlabel(label)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return path
 
 
-def image_grid(images: torch.Tensor, mean: Any, std: Any, path: Path, title: str) -> None:
-    """Save a grid of (normalised) images after undoing the normalisation."""
-    x = images.detach().float().cpu()
-    m = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    x = (x * s + m).clamp(0, 1)
-    grid = make_grid(x, nrow=int(np.ceil(np.sqrt(len(x)))), padding=2, pad_value=1.0)
-    fig, ax = plt.subplots(figsize=(5, 5))
+def diagnostics(rows: list[dict[str, Any]], path: Path) -> Path:
+    """The weight diagnostics per epoch: spread, confident fractions, meta-gradient scale,
+    visits, and (where the domain is known) AUROC and in-domain share of the pruned."""
+    epoch = np.array([_num(r, "epoch") for r in rows])
+    panels = [
+        ("weight spread (std of mean weights)", ["weight_spread"]),
+        ("fraction of the pool", ["confident_low", "confident_high"]),
+        ("running meta-gradient RMS", ["meta_grad_scale"]),
+        ("median visits per instance", ["median_visits"]),
+        ("in-domain vs distractors", ["auroc_in_domain", "pruned_in_domain_share"]),
+    ]
+    fig = Figure(figsize=(12, 6.5))
+    axes = fig.subplots(2, 3).ravel()
+    for ax, (title, keys) in zip(axes, panels):
+        for key in keys:
+            ax.plot(epoch, [_num(r, key) for r in rows], marker="o", label=key)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
+    axes[-1].set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def image_grid(images: np.ndarray, path: Path, title: str) -> Path:
+    """Save a grid of uint8 images (N, 3, H, W)."""
+    x = torch.as_tensor(np.asarray(images)).float() / 255.0
+    grid = make_grid(x, nrow=int(np.ceil(np.sqrt(max(len(x), 1)))), padding=2, pad_value=1.0)
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     ax.imshow(grid.permute(1, 2, 0).numpy())
     ax.set_axis_off()
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return path
+
+
+GRID_IMAGES = 36
+
+
+def save_extremes(path: Path, weights: Any, bundle: Any, k: int = GRID_IMAGES) -> Path:
+    """Save the `k` highest- and lowest-weighted pool images (as uint8, un-normalised)
+    with their indices and mean weights, so `draw_run_plots` can redraw the grids without
+    the dataset."""
+    from betaweighter.io import atomic_write_bytes
+
+    mean = weights.mean().detach().float().cpu()
+    order = torch.argsort(mean, stable=True)
+    k = min(k, len(order))
+    m = torch.as_tensor(bundle.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.as_tensor(bundle.std, dtype=torch.float32).view(1, -1, 1, 1)
+    arrays: dict[str, np.ndarray] = {}
+    for name, idx in (("highest", order.flip(0)[:k]), ("lowest", order[:k])):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            x = torch.stack([torch.as_tensor(bundle.pool[int(i)][0]).float() for i in idx])
+        arrays[name] = ((x * s + m).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        arrays[f"{name}_index"] = idx.numpy()
+        arrays[f"{name}_weight"] = mean[idx].numpy()
+    import io
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def draw_run_plots(run: Any) -> list[Path]:
+    """Every plot of a run directory (a `RunDir`), from its files alone: histograms from
+    the last checkpoint, curves and diagnostics from metrics.csv, image grids from
+    plots/extremes.npz. Writes PNGs into ``plots/`` and nothing else."""
+    out = run.path / "plots"
+    out.mkdir(exist_ok=True)
+    rows = run.metrics()
+    state = run.state("last")
+    paths = [weight_histograms([np.asarray(h) for h in state["histograms"]],
+                               out / "weight_histograms.png"),
+             curves(rows, out / "curves.png"), diagnostics(rows, out / "diagnostics.png")]
+    extremes = out / "extremes.npz"
+    if extremes.is_file():
+        from betaweighter.errors import CheckpointError
+
+        try:
+            with np.load(extremes) as data:
+                grids = {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError) as e:
+            raise CheckpointError(f"{extremes} cannot be read ({e}); delete it to plot "
+                                  "without the image grids") from None
+        for name in ("highest", "lowest"):
+            w = grids[f"{name}_weight"]
+            title = f"{name} mean weight ({w.min():.2f}-{w.max():.2f})" if w.size else name
+            paths.append(image_grid(grids[name], out / f"{name}_weighted.png", title))
+    return paths

@@ -17,6 +17,9 @@ from torch import Tensor
 
 from betaweighter.data.episodes import EpisodeSampler
 from betaweighter.data.labels import labels_of
+from betaweighter.runtime import world
+
+__all__ = ["ClassificationLoss", "MetaObjective", "PrototypicalLoss"]
 
 Features = Callable[[Any, Tensor], Tensor]
 
@@ -79,7 +82,8 @@ class PrototypicalLoss(MetaObjective):
         features: how to embed: None uses ``model.features`` when the model has it (else
             the model's output), a string names another method, or a callable
             ``(model, x) -> embeddings``.
-        seed: seeds the episode sequence.
+        seed: seeds the episode sequence: the k-th call draws episode k of the stream
+            (seed, process rank), whatever happened before.
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class PrototypicalLoss(MetaObjective):
         self.features = features
         self.seed = int(seed)
         self.sampler: EpisodeSampler | None = None
+        self.calls = 0
 
     def bind(self, dataset: Any) -> PrototypicalLoss:
         super().bind(dataset)
@@ -99,7 +104,8 @@ class PrototypicalLoss(MetaObjective):
 
     def __call__(self, model: Any) -> Tensor:
         self._check_bound()
-        s_idx, q_idx, _ = self.sampler.sample()
+        s_idx, q_idx, _ = self.sampler.sample(self.calls, stream=world()[1])
+        self.calls += 1
         x, _ = _gather(self.dataset, np.concatenate([s_idx, q_idx]), model.device)
         emb = _embed(model, x, self.features)
         n_support = self.way * self.shot
@@ -109,11 +115,10 @@ class PrototypicalLoss(MetaObjective):
         return F.cross_entropy(logits, labels)
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.sampler is None else self.sampler.state_dict()
+        return {"calls": self.calls}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.sampler is not None and state:
-            self.sampler.load_state_dict(state)
+        self.calls = int(state.get("calls", 0))
 
 
 class ClassificationLoss(MetaObjective):
@@ -134,7 +139,7 @@ class ClassificationLoss(MetaObjective):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
         self.head = head
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng([int(seed), world()[1]])
         self._order = np.empty(0, dtype=np.int64)
 
     def _next_indices(self) -> np.ndarray:

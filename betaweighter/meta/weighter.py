@@ -2,18 +2,24 @@
 
 ``meta.backward(x, per_sample_loss, indices)`` replaces ``loss.backward()``:
 
-1. forward the batch through the real model and take the per-sample losses;
-2. sample the batch's instance weights and form the weighted loss;
-3. (every `every`-th call) look one virtual optimiser step ahead, score the look-ahead
-   model with the meta objective on labelled target data, and move the weighting
-   method's parameters along the meta-gradient;
-4. leave in the model's ``.grad`` the gradient of the same weighted loss, for the user's
-   own ``optimizer.step()``: the single-pass "don't wait" update of BDW, with no second
-   forward (Ericsson et al., arXiv:2006.12360).
+1. forward the batch through the model as the user wraps it (plain, DDP, autocast) and take
+   the per-sample losses;
+2. take the batch's instance weights: a sample of the learned distributions, or a rule's
+   weights (for L2RW, from the meta-gradient at w = 0, computed first);
+3. backward the weighted loss, an ordinary ``loss.backward()``: DDP reduces the gradient,
+   hooks fire, a GradScaler scales it, gradients accumulate as users expect;
+4. (every `every`-th call, learned weights) look one virtual optimiser step ahead with that
+   gradient, score the look-ahead model with the meta objective on labelled target data,
+   and move the weighting parameters along the meta-gradient.
+
+The user's ``optimizer.step()`` then applies the gradient of the weights that were sampled
+*before* the meta update: the single-pass "don't wait" update of BDW (Ericsson, Gouk and
+Hospedales, arXiv:2006.12360).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -21,41 +27,52 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from betaweighter.meta import engine
+from betaweighter.meta import distributed as dist
+from betaweighter.meta import gradients
 from betaweighter.meta.objectives import MetaObjective
+from betaweighter.meta.replay import RandomState
 from betaweighter.meta.virtual_step import VirtualOptimizer
-from betaweighter.weights.base import InstanceWeights
-from betaweighter.weights.optimizer import InstanceOptimizer
+from betaweighter.runtime import world
+from betaweighter.weights.base import InstanceWeights, LearnedWeights, WeightRule
+from betaweighter.weights.optimizer import WeightOptimizer
+
+__all__ = ["META_GRADIENTS", "PRECISIONS", "MetaWeighter"]
+
+META_GRADIENTS = ("auto", "forward", "finite_difference", "double_backward", "higher")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class MetaWeighter:
     """Learns instance weights by bilevel optimisation around a user's training loop.
 
     Args:
-        model: any `nn.Module`.
-        weights: the weighting method (`BetaWeights`, `PointWeights`, ...).
-        optimizer: the model's optimiser (SGD, Adam or AdamW); the look-ahead reproduces
-            its step with its current learning rate and state.
+        model: any `nn.Module` (or its DistributedDataParallel wrapper).
+        weights: the weighting method: learned (`BetaWeights`, `PointWeights`, `WeightNet`)
+            or a rule (`UniformWeights`, `L2RW`, `LossHeuristicWeights`, ...).
+        optimizer: the model's optimiser (SGD, Adam, AdamW, RMSprop or Adagrad); the
+            look-ahead reproduces its step with its current learning rate and state.
         objective: `PrototypicalLoss`, `ClassificationLoss` or any callable that takes the
-            look-ahead model and returns a scalar to minimise.
+            look-ahead model and returns a scalar to minimise. Not needed by rules that
+            ignore it.
         target: labelled target dataset for the objective (yields (x, label)).
-        weight_lr, weight_optimizer, weight_momentum: how the weighting parameters move
-            ("sgd" with momentum, or "adam"); only the batch's rows are touched unless
-            `dense_weight_updates` asks for the reference code's dense behaviour.
-        engine: "func" (torch.func) or "higher".
-        every: run the meta update on every k-th call only; other calls just do the
+        weight_optimizer: a `WeightOptimizer` (default: the scale-free one); only for
+            learned weights.
+        meta_gradient: ``"auto"`` (forward mode with one inner step, else double backward),
+            ``"forward"``, ``"finite_difference"``, ``"double_backward"`` or ``"higher"``.
+        every: run the meta update on every k-th call only; the others just do the
             weighted backward.
+        inner_steps: number of unrolled virtual steps (double backward or higher only).
         normalise: divide the weighted loss by the sum of the weights instead of the
-            number of samples.
-        inner_steps: number of unrolled virtual steps.
-        meta_gradient: "auto" (forward mode where it is exact: SGD, one inner step, func
-            engine; otherwise double backward), "forward", "finite_difference" (two
-            forwards instead of the forward-mode pass: cheaper, ~1e-4 relative error in
-            float32) or "double_backward".
-        update_buffers: the real forward updates BatchNorm running statistics once per
-            call, as the user's own forward would. False restores them afterwards. The
-            look-ahead and the meta objective never touch them either way.
-        max_weight_grad_norm: optional clipping of the weighting parameters' gradient.
+            number of rows.
+        update_buffers: the real forward updates BatchNorm running statistics once per call,
+            as the user's own forward would; False restores them afterwards. The look-ahead
+            and the meta objective never touch them either way.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: autocast for the forwards. fp16
+            needs `scaler`.
+        scaler: a ``torch.amp.GradScaler`` the user owns: `backward` scales the loss with it,
+            the user calls ``scaler.step(optimizer); scaler.update()``. The look-ahead uses
+            an unscaled copy of the gradient, and a step whose gradient is not finite skips
+            the meta update (counted in ``skipped_meta_steps``).
     """
 
     def __init__(
@@ -63,196 +80,307 @@ class MetaWeighter:
         model: nn.Module,
         weights: InstanceWeights,
         optimizer: torch.optim.Optimizer,
-        objective: Callable[[Any], Tensor],
+        objective: Callable[[Any], Tensor] | None = None,
         target: Any = None,
-        weight_lr: float = 1.0,
-        weight_optimizer: str = "sgd",
-        weight_momentum: float = 0.9,
-        engine: str = "func",
-        every: int = 1,
-        normalise: bool = False,
-        inner_steps: int = 1,
+        *,
+        weight_optimizer: WeightOptimizer | None = None,
         meta_gradient: str = "auto",
-        dense_weight_updates: bool = False,
+        every: int = 1,
+        inner_steps: int = 1,
+        normalise: bool = False,
         update_buffers: bool = True,
-        max_weight_grad_norm: float | None = None,
+        precision: str = "fp32",
+        scaler: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(weights, InstanceWeights):
-            raise TypeError(
-                "weights must be a betaweighter weighting method (BetaWeights, PointWeights, "
-                f"UniformWeights, ...), got {type(weights).__name__}"
-            )
-        if engine not in _ENGINES:
-            raise ValueError(f"engine must be one of {_ENGINES}, got {engine!r}")
-        if meta_gradient not in _META_GRADIENTS:
-            raise ValueError(
-                f"meta_gradient must be one of {_META_GRADIENTS}, got {meta_gradient!r}"
-            )
-        if int(every) < 1 or int(inner_steps) < 1:
-            raise ValueError(f"every and inner_steps must be >= 1, got {every} and {inner_steps}")
-        if weights.two_pass and int(every) != 1:
-            raise ValueError(
-                f"{type(weights).__name__} computes each batch's weights from that batch's "
-                "meta-gradient, so it needs every=1"
-            )
-        if not callable(objective):
-            raise TypeError("objective must be callable: objective(lookahead_model) -> scalar")
-        if target is not None:
-            if not hasattr(objective, "bind"):
-                raise TypeError(
-                    "target= was given but the objective is a plain callable that cannot take "
-                    "it; close over your target data in the callable instead"
-                )
-            objective.bind(target)
-        elif (weights.learnable and isinstance(objective, MetaObjective)
-              and objective.dataset is None):
-            raise ValueError(
-                f"{type(objective).__name__} needs labelled target data: pass "
-                "target=your_labelled_dataset"
-            )
+        if not isinstance(weights, (LearnedWeights, WeightRule)):
+            raise TypeError("weights must be a betaweighter weighting method (BetaWeights, "
+                            f"PointWeights, UniformWeights, ...), got {type(weights).__name__}")
+        if meta_gradient not in META_GRADIENTS:
+            raise ValueError(f"meta_gradient must be one of {META_GRADIENTS}, got "
+                             f"{meta_gradient!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        for name, value in (("every", every), ("inner_steps", inner_steps)):
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         self.model = model
+        self.module = dist.unwrap(model)
         self.weights = weights
         self.optimizer = optimizer
+        self.learned = isinstance(weights, LearnedWeights)
+        self.needs_meta = self.learned or weights.needs_meta_gradient
+        self.every, self.inner_steps = int(every), int(inner_steps)
+        self.normalise, self.update_buffers = bool(normalise), bool(update_buffers)
+        self.precision, self.scaler = precision, scaler
+        self.meta_gradient = self._method(meta_gradient)
+        self.vopt = VirtualOptimizer(optimizer, dict(self.module.named_parameters()))
+        self._check_combination(objective, weight_optimizer)
+        if target is not None:
+            if not hasattr(objective, "bind"):
+                raise TypeError("target= was given but the objective is a plain callable "
+                                "that cannot take it; close over your target data in the "
+                                "callable instead")
+            objective.bind(target)
+        elif (self.needs_meta and isinstance(objective, MetaObjective)
+              and objective.dataset is None):
+            raise ValueError(f"{type(objective).__name__} needs labelled target data: pass "
+                             "target=your_labelled_dataset")
         self.objective = objective
-        self.engine = engine
-        self.every = int(every)
-        self.normalise = bool(normalise)
-        self.inner_steps = int(inner_steps)
-        self.meta_gradient = meta_gradient
-        self.update_buffers = bool(update_buffers)
-        VirtualOptimizer(optimizer, dict(model.named_parameters()))  # fail early on a bad one
-        self.weight_optimizer = InstanceOptimizer(
-            weights, weight_lr, weight_optimizer, momentum=weight_momentum,
-            dense=dense_weight_updates, max_grad_norm=max_weight_grad_norm,
-        ) if weights.learnable else None
+        self.weight_optimizer = None
+        if self.learned:
+            self.weight_optimizer = (weight_optimizer or WeightOptimizer()).bind(weights)
         self.calls = 0
         self.meta_steps = 0
+        self.skipped_meta_steps = 0
         self.last_loss = math.nan
         self.last_meta_loss = math.nan
         self.last_mean_weight = math.nan
 
-    # ------------------------------------------------------------------------------------
-    def backward(self, x: Any, per_sample_loss: Callable[[Any], Tensor], indices: Any) -> Tensor:
-        """Replace ``loss.backward()``. `x` holds ``copies`` consecutive rows per indexed
-        instance (e.g. its 4 rotations); ``per_sample_loss(model(x))`` must return one loss
-        per row. Returns the weighted loss, detached."""
-        idx = self.weights._rows(torch.as_tensor(indices))
-        n_inst = idx.numel()
-        if n_inst == 0:
-            raise ValueError("indices is empty: nothing to train on")
-        n_rows = _batch_size(x)
-        if n_rows % n_inst:
-            raise ValueError(
-                f"x has {n_rows} rows but indices has {n_inst} entries: x must hold the same "
-                "number of consecutive copies of each indexed instance (e.g. 4 rotations, "
-                "see bw.rotate4), so its length must be a multiple of len(indices)"
-            )
-        saved = None if self.update_buffers else {
-            n: b.clone() for n, b in self.model.named_buffers()}
-        out = self.model(x)
-        losses = _check_losses(out, per_sample_loss(out), n_rows)
-        copies = n_rows // n_inst
-        w = self.weights.sample(idx, losses=losses.detach().view(n_inst, copies).mean(1))
-        w = w.to(device=losses.device, dtype=losses.dtype)
+    # -- validation ----------------------------------------------------------------------
+    def _method(self, requested: str) -> str:
+        if requested == "auto":
+            return "forward" if self.inner_steps == 1 else "double_backward"
+        if requested in ("forward", "finite_difference") and self.inner_steps != 1:
+            raise ValueError(f"meta_gradient={requested!r} is exact for one virtual step "
+                             f"only; inner_steps={self.inner_steps} needs 'double_backward'")
+        return requested
 
-        meta_now = self.weights.learnable and self.calls % self.every == 0
+    def _check_combination(self, objective: Any, weight_optimizer: Any) -> None:
+        method, ddp = self.meta_gradient, dist.is_ddp(self.model)
+        if self.needs_meta and not callable(objective):
+            raise TypeError("objective must be callable: objective(lookahead_model) -> scalar "
+                            f"(needed by {type(self.weights).__name__})")
+        if weight_optimizer is not None and not self.learned:
+            raise ValueError(f"{type(self.weights).__name__} is a per-step rule with nothing "
+                             "to optimise: drop weight_optimizer=")
+        if weight_optimizer is not None and not isinstance(weight_optimizer, WeightOptimizer):
+            raise TypeError("weight_optimizer must be a betaweighter.WeightOptimizer, got "
+                            f"{type(weight_optimizer).__name__}")
+        if isinstance(self.weights, WeightRule) and self.weights.needs_meta_gradient:
+            if self.every != 1:
+                raise ValueError(f"{type(self.weights).__name__} computes each batch's weights "
+                                 "from that batch's meta-gradient, so it needs every=1")
+            if self.normalise:
+                raise ValueError(f"{type(self.weights).__name__} perturbs the weights around "
+                                 "w = 0, where a loss normalised by the sum of the weights is "
+                                 "0 / 0: use normalise=False")
+        if method == "higher":
+            try:
+                import higher  # noqa: F401
+            except ImportError:
+                raise ImportError("meta_gradient='higher' needs the higher package: pip "
+                                  "install 'betaweighter[higher]'") from None
+            if self.vopt.kind != "sgd":
+                raise ValueError(
+                    "meta_gradient='higher' reproduces torch.optim.SGD only: higher's Adam "
+                    "adds eps to sqrt(v) before the bias correction, where torch adds it "
+                    "after (about 30x the eps at the first step), and higher has no AdamW or "
+                    f"RMSprop. Use 'forward' or 'double_backward' with {self.vopt.kind}.")
+        if method in ("double_backward", "higher"):
+            if ddp:
+                raise ValueError(f"meta_gradient={method!r} is single-process: DDP does not "
+                                 "reduce higher-order gradients. Use 'forward' (exact for one "
+                                 "step of any elementwise optimiser) or 'finite_difference'")
+            if self.precision != "fp32":
+                raise ValueError(f"meta_gradient={method!r} runs in full precision only (a "
+                                 "double backward in fp16 can give NaN); use precision='fp32' "
+                                 "or meta_gradient='forward'")
+        if self.precision == "fp16" and self.scaler is None:
+            raise ValueError("precision='fp16' needs a GradScaler: pass "
+                             "scaler=torch.amp.GradScaler() and call scaler.step(optimizer); "
+                             "scaler.update() instead of optimizer.step()")
+
+    # -- the training step -----------------------------------------------------------------
+    def backward(self, x: Any, per_sample_loss: Callable[[Any], Tensor], indices: Any,
+                 copies: int | str = "infer") -> Tensor:
+        """Replace ``loss.backward()``. `x` holds `copies` consecutive rows per indexed
+        instance (e.g. its 4 rotations; ``"infer"`` takes len(x) / len(indices));
+        ``per_sample_loss(model(x))`` must return one loss per row. Returns the weighted
+        loss, detached."""
+        idx = self.weights._rows(torch.as_tensor(indices))
+        n_rows = _batch_size(x)
+        copies = _copies(copies, n_rows, idx.numel())
+        meta_now = self.needs_meta and self.calls % self.every == 0
+        step = self.calls
         self.calls += 1
-        trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        w_real = w.detach()
-        if meta_now:
-            w_real, grads = self._meta_step(x, per_sample_loss, losses, w, idx, copies, trainable)
+        random_state = RandomState(_device_of(x)) if meta_now else None
+        saved = None if self.update_buffers else {
+            n: b.clone() for n, b in self.module.named_buffers()}
+        with self._autocast():
+            out = self.model(x)
+        _check_output(out, n_rows)
+        losses = _check_losses(per_sample_loss(out), n_rows)
+        dtype = torch.promote_types(losses.dtype, torch.float32)  # bf16/fp16 losses: float32
+        inst_losses = losses.detach().to(dtype).view(-1, copies).mean(1)
+        batch = gradients.Batch(self.module, x, per_sample_loss, losses, copies,
+                                self.normalise, n_rows * self._replicas(), random_state,
+                                self._autocast, low_precision=self.precision != "fp32")
+        w = None
+        if self.learned:
+            w = self.weights.sample(idx, inst_losses)
+            self._observe(idx, inst_losses)
+            w_real = w.detach()
         else:
-            grads = None
-        if grads is None:
-            loss = engine.weighted_mean(w_real.repeat_interleave(copies), losses, self.normalise)
-            grads = dict(zip(trainable, torch.autograd.grad(
-                loss, list(trainable.values()), allow_unused=True)))
-        _accumulate(trainable, grads)
+            w_real = self._rule_weights(batch, idx, inst_losses, step, meta_now)
+        w_rows = w_real.to(device=losses.device, dtype=dtype).repeat_interleave(copies)
+        loss = gradients.weighted_mean(w_rows, losses.to(dtype), self.normalise)
+        if meta_now and self.learned:
+            before = {n: (None if p.grad is None else p.grad.clone())
+                      for n, p in self.module.named_parameters() if n in self.vopt.tensors}
+        keep = meta_now and self.learned and self.meta_gradient == "double_backward"
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward(retain_graph=keep)
+        if meta_now and self.learned:
+            self._meta_update(batch, w, idx, before)
         if saved is not None:
             with torch.no_grad():
-                for n, b in self.model.named_buffers():
+                for n, b in self.module.named_buffers():
                     b.copy_(saved[n])
-        self.last_mean_weight = float(w_real.mean())
-        w_rows = w_real.repeat_interleave(copies)
-        loss = engine.weighted_mean(w_rows, losses.detach(), self.normalise)
-        self.last_loss = float(loss)
-        return loss
+        self.last_mean_weight = float(w_real.float().mean())
+        self.last_loss = float(loss.detach())
+        return loss.detach()
 
-    def _meta_step(self, x, loss_fn, losses, w, idx, copies, trainable):
-        """Update the weighting method; return (weights for the real step, model grads or
-        None when they still have to be computed)."""
-        vopt = VirtualOptimizer(self.optimizer, dict(self.model.named_parameters()))
-        two_pass = self.weights.two_pass
-        step = engine.Step(self.model, vopt, x, loss_fn, losses, w, copies, self.normalise,
-                           self.objective, self.inner_steps, keep_graph=two_pass)
-        method = self._method(vopt)
-        grads = None
-        if self.engine == "higher":
-            g_w, meta = engine.through_higher(step, self.optimizer)
-        elif method in ("forward", "finite_difference"):
-            if not w.detach().any():  # e.g. L2RW's perturbation at 0: the gradient is zero
-                grads = {n: torch.zeros_like(p) for n, p in trainable.items()}
-            else:
-                loss = engine.weighted_mean(step.w_rows.detach(), losses, self.normalise)
-                all_g = torch.autograd.grad(loss, list(trainable.values()), allow_unused=True,
-                                            retain_graph=two_pass)
-                grads = dict(zip(trainable, all_g))
-            g_w, meta = engine.forward_mode(
-                step, {n: g for n, g in grads.items() if n in vopt.tensors and g is not None},
-                finite_difference=method == "finite_difference")
-        else:
-            g_w, meta, grads = engine.double_backward(step)
-        reg = self.weights.regulariser(idx)
-        if w.requires_grad:
-            torch.autograd.backward(w, grad_tensors=g_w.detach())
-        if reg.requires_grad:
-            reg.backward()
-        w_real = self.weights.reweight(w.detach(), g_w.detach())
-        self.weight_optimizer.step(idx)
+    def _rule_weights(self, batch: gradients.Batch, idx: Tensor, inst_losses: Tensor,
+                      step: int, meta_now: bool) -> Tensor:
+        """A rule's weights, computed on the global batch under DDP (identical state)."""
+        meta_grad = None
+        if meta_now:  # L2RW: dM/dw at w = 0, before the real step
+            zeros = {n: torch.zeros_like(p) for n, p in self.vopt.tensors.items()}
+            w0 = torch.zeros(idx.numel(), device=batch.losses.device,
+                             dtype=torch.promote_types(batch.losses.dtype, torch.float32))
+            meta_grad, meta = self._meta_gradient(batch, w0, zeros)
+            self.meta_steps += 1
+            self.last_meta_loss = float(meta)
+        gathered, own = dist.all_gather_rows(
+            idx, inst_losses, *(() if meta_grad is None else (meta_grad,)))
+        w_all = self.weights.weights(gathered[0], gathered[1], step=step,
+                                     meta_grad=gathered[2] if meta_grad is not None else None)
+        return w_all[own]
+
+    def _observe(self, idx: Tensor, inst_losses: Tensor) -> None:
+        gathered, _ = dist.all_gather_rows(idx, inst_losses)
+        self.weights.observe(*gathered)
+
+    def _meta_update(self, batch: gradients.Batch, w: Tensor, idx: Tensor,
+                     before: dict[str, Tensor | None]) -> None:
+        scale = float(self.scaler.get_scale()) if self.scaler is not None else 1.0
+        grads = {}
+        for n, p in self.module.named_parameters():
+            if n not in self.vopt.tensors or p.grad is None:
+                continue
+            g = p.grad.detach() if before[n] is None else p.grad.detach() - before[n]
+            grads[n] = g.float() / scale if scale != 1.0 else g
+        finite = torch.tensor(all(bool(torch.isfinite(g).all()) for g in grads.values()),
+                              dtype=torch.float32, device=batch.losses.device)
+        dist.sum_([finite])  # every rank skips together
+        if int(finite) != self._replicas():
+            self.skipped_meta_steps += 1
+            return
+        g_w, meta = self._meta_gradient(batch, w, grads)
+        replicas = self._replicas()
+        reg = self.weights.regulariser(idx) / replicas
+        torch.autograd.backward([w, reg] if reg.requires_grad else [w],
+                                [g_w.detach().to(w.dtype)] + ([torch.ones_like(reg)]
+                                                              if reg.requires_grad else []))
+        step_rows = self._sync_weight_grads(idx)
+        self.weight_optimizer.step(step_rows)
         self.meta_steps += 1
-        self.last_meta_loss = float(meta) + float(reg.detach())
-        if w_real is None:
-            return w.detach(), grads
-        return w_real.detach().to(device=w.device, dtype=w.dtype), None
+        self.last_meta_loss = float(meta) + float(reg.detach()) * replicas
 
-    def _method(self, vopt: VirtualOptimizer) -> str:
-        exact_forward = vopt.kind == "sgd" and self.inner_steps == 1
-        if self.meta_gradient in ("forward", "finite_difference") and not exact_forward:
-            raise ValueError(
-                f"meta_gradient={self.meta_gradient!r} needs an SGD optimiser and inner_steps=1 "
-                "(the case where the meta-gradient is a directional derivative of the "
-                "per-sample losses); use 'double_backward' or 'auto'"
-            )
-        if self.meta_gradient == "auto":
-            return "forward" if exact_forward else "double_backward"
-        return self.meta_gradient
+    def _meta_gradient(self, batch: gradients.Batch, w: Tensor,
+                       grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """dM/dw per instance of this rank's batch, and M (averaged over ranks)."""
+        method = self.meta_gradient
+        if method == "double_backward":
+            w_graph = w if w.requires_grad else w.detach().requires_grad_()
+            return gradients.double_backward(batch, self.vopt, w_graph, self.objective,
+                                             self.inner_steps)
+        if method == "higher":
+            w_graph = w if w.requires_grad else w.detach().requires_grad_()
+            return gradients.through_higher(batch, self.optimizer, w_graph, self.objective,
+                                            self.inner_steps)
+        theta = {n: p.detach() for n, p in self.module.named_parameters()}
+        names = [n for n in self.vopt.tensors if n in grads]
+        state = self.vopt.initial_state()
+        stepped, _ = self.vopt.step(theta, {n: grads[n] for n in names}, state)
+        with self._autocast():
+            v, meta = gradients.meta_direction(self.module, stepped, names, self.objective)
+        meta = meta.float().clone()
+        dist.average_([*v.values(), meta])
+        tangent = gradients.virtual_tangent(self.vopt, theta, grads, state, v)
+        d = gradients.directional(batch, theta, tangent,
+                                  finite_difference=method == "finite_difference")
+        w_rows = w.detach().to(d.dtype).repeat_interleave(batch.copies)
+        return gradients.per_instance(gradients.per_row(batch, d, w_rows), batch.copies), meta
 
-    # ------------------------------------------------------------------------------------
+    def _sync_weight_grads(self, idx: Tensor) -> Tensor:
+        """Under torch.distributed, make every rank's weight gradients the sum over all
+        ranks' rows; return the rows the optimiser steps (the global batch's)."""
+        if world()[0] == 1:
+            return idx
+        rows = torch.unique(idx)
+        params = dict(self.weights.named_parameters())
+        row_names = [n for n in self.weights.row_parameters if n in params
+                     and params[n].grad is not None and not self.weight_optimizer.dense]
+        local = [params[n].grad[rows] for n in row_names]
+        gathered, _ = dist.all_gather_rows(rows, *local)
+        for name, values in zip(row_names, gathered[1:]):
+            grad = torch.zeros_like(params[name])
+            grad.index_add_(0, gathered[0], values)
+            params[name].grad = grad
+        dist.sum_([p.grad for n, p in params.items()
+                   if n not in row_names and p.grad is not None])
+        return gathered[0]
+
+    def _autocast(self) -> Any:
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        device = next(self.module.parameters()).device.type
+        return torch.autocast(device, dtype=dtype)
+
+    def _replicas(self) -> int:
+        return world()[0] if dist.is_ddp(self.model) else 1
+
+    # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Counters, the weight optimiser and the objective's sampler (not the weights or
-        the model, which the caller saves)."""
+        """Counters, the weight optimiser and the objective's state (not the weights or the
+        model, which the caller saves)."""
         return {
-            "calls": self.calls,
-            "meta_steps": self.meta_steps,
+            "calls": self.calls, "meta_steps": self.meta_steps,
+            "skipped_meta_steps": self.skipped_meta_steps,
             "weight_optimizer": None if self.weight_optimizer is None
             else self.weight_optimizer.state_dict(),
-            "objective": self.objective.state_dict() if hasattr(self.objective, "state_dict")
-            else None,
+            "objective": self.objective.state_dict()
+            if hasattr(self.objective, "state_dict") else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.calls = int(state["calls"])
-        self.meta_steps = int(state.get("meta_steps", 0))
+        self.meta_steps = int(state["meta_steps"])
+        self.skipped_meta_steps = int(state.get("skipped_meta_steps", 0))
         if self.weight_optimizer is not None and state.get("weight_optimizer") is not None:
             self.weight_optimizer.load_state_dict(state["weight_optimizer"])
         if state.get("objective") is not None and hasattr(self.objective, "load_state_dict"):
             self.objective.load_state_dict(state["objective"])
 
 
-_ENGINES = engine.ENGINES
-_META_GRADIENTS = engine.META_GRADIENTS
+# -- checks -------------------------------------------------------------------------------------
+def _device_of(x: Any) -> torch.device:
+    first = x if isinstance(x, Tensor) else next(t for t in _tensors(x))
+    return first.device
+
+
+def _tensors(obj: Any):
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
 
 
 def _batch_size(x: Any) -> int:
@@ -260,38 +388,52 @@ def _batch_size(x: Any) -> int:
         if x.dim() == 0:
             raise ValueError("x must be a batch with a leading batch dimension, got a scalar")
         return x.shape[0]
-    if isinstance(x, (list, tuple)) and x and isinstance(x[0], Tensor):
-        return x[0].shape[0]
-    raise TypeError(f"x must be a tensor (or a tuple of tensors), got {type(x).__name__}")
+    first = next(_tensors(x), None) if isinstance(x, (list, tuple, dict)) else None
+    if first is None or first.dim() == 0:
+        raise TypeError(f"x must be a tensor (or a tuple or dict of tensors with a batch "
+                        f"dimension), got {type(x).__name__}")
+    return first.shape[0]
 
 
-def _check_losses(out: Any, losses: Any, n_rows: int) -> Tensor:
-    if isinstance(out, Tensor) and (out.dim() == 0 or out.shape[0] != n_rows):
-        shape = tuple(out.shape)
-        raise ValueError(
-            f"the model returned an output of shape {shape} for a batch of {n_rows} inputs: "
-            "its first dimension must be the batch (one output per input row)"
-        )
+def _copies(copies: int | str, n_rows: int, n_inst: int) -> int:
+    if n_inst == 0:
+        raise ValueError("indices is empty: nothing to train on")
+    if copies == "infer":
+        if n_rows % n_inst:
+            raise ValueError(
+                f"x has {n_rows} rows but indices has {n_inst} entries: x must hold the same "
+                "number of consecutive copies of each indexed instance (e.g. 4 rotations, "
+                "see bw.rotate4), so its length must be a multiple of len(indices)")
+        return n_rows // n_inst
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+        raise ValueError(f"copies must be a positive integer or 'infer', got {copies!r}")
+    if n_rows != copies * n_inst:
+        raise ValueError(f"x has {n_rows} rows but {n_inst} indices x {copies} copies = "
+                         f"{n_inst * copies} were expected: pass one index per instance and "
+                         "`copies` consecutive rows for each")
+    return copies
+
+
+def _check_output(out: Any, n_rows: int) -> None:
+    """The model must return one output row per input row (checked before the loss runs)."""
+    for t in _tensors(out):
+        if t.dim() >= 1 and t.shape[0] != n_rows:
+            raise ValueError(f"the model returned an output of shape {tuple(t.shape)} for a "
+                             f"batch of {n_rows} inputs: its first dimension must be the "
+                             "batch (one output per input row)")
+    if isinstance(out, Tensor) and out.dim() == 0:
+        raise ValueError(f"the model returned a scalar for a batch of {n_rows} inputs: it "
+                         "must return one output per input row")
+
+
+def _check_losses(losses: Any, n_rows: int) -> Tensor:
     if not isinstance(losses, Tensor):
         raise TypeError(f"per_sample_loss must return a tensor, got {type(losses).__name__}")
     if losses.dim() == 0:
-        raise ValueError(
-            "per_sample_loss returned a scalar: it must return one loss per sample, e.g. "
-            "F.cross_entropy(out, y, reduction='none')"
-        )
+        raise ValueError("per_sample_loss returned a scalar: it must return one loss per "
+                         "sample, e.g. F.cross_entropy(out, y, reduction='none')")
     if losses.shape != (n_rows,):
-        raise ValueError(
-            f"per_sample_loss returned shape {tuple(losses.shape)}; expected ({n_rows},), one "
-            "loss per input row (use reduction='none' and flatten any extra dimensions)"
-        )
+        raise ValueError(f"per_sample_loss returned shape {tuple(losses.shape)}; expected "
+                         f"({n_rows},), one loss per input row (use reduction='none' and "
+                         "flatten any extra dimensions)")
     return losses
-
-
-def _accumulate(params: dict[str, Tensor], grads: dict[str, Tensor | None]) -> None:
-    """Add `grads` into ``.grad`` the way ``loss.backward()`` would (accumulating)."""
-    for name, p in params.items():
-        g = grads.get(name)
-        if g is None:
-            continue
-        g = g.detach()
-        p.grad = g.clone() if p.grad is None else p.grad + g

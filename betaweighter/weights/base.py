@@ -1,7 +1,18 @@
-"""The interface every weighting method implements.
+"""The interfaces of the weighting methods.
 
-`MetaWeighter`, the pruning scheduler and the plots only talk to this interface, so a
-method can be swapped by changing one object (or one config key).
+There are two kinds, and `MetaWeighter` treats them differently:
+
+* `LearnedWeights` hold parameters that the bilevel step learns: a distribution per
+  instance (`BetaWeights`), a point value per instance (`PointWeights`) or a network
+  (`WeightNet`). `sample` returns differentiable weights; a `WeightOptimizer` moves the
+  parameters along the meta-gradient.
+* `WeightRule` computes each step's weights by a rule, nothing learnt by gradient: uniform
+  (RotNet), L2RW (from the meta-gradient at w = 0, handed to it explicitly), loss
+  heuristics, nearest-neighbour distances, random controls. `weights` is the one call per
+  training step, and the only place a rule may update its running statistics.
+
+Both report per-instance ``mean``, ``std`` and ``cdf`` through `InstanceWeights`, which is
+all that pruning, logging and plots read.
 """
 
 from __future__ import annotations
@@ -9,60 +20,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+__all__ = ["InstanceWeights", "LearnedWeights", "WeightRule"]
+
+_INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
 
 class InstanceWeights(nn.Module):
-    """Abstract weights for a pool of `num_instances` unlabelled instances.
-
-    Subclasses set the class attributes:
-
-    * ``learnable``: whether `MetaWeighter` runs the bilevel update for it;
-    * ``two_pass``: whether `reweight` replaces the sampled weights for the real step
-      (so the training graph must be kept for a second backward);
-    * ``row_parameters``: names of parameters whose first dimension indexes instances,
-      so an optimiser step may touch only the rows of the current batch.
-    """
-
-    learnable: bool = True
-    two_pass: bool = False
-    row_parameters: tuple[str, ...] = ()
+    """Weights for a pool of `num_instances` unlabelled instances, as reported per instance."""
 
     def __init__(self, num_instances: int) -> None:
         super().__init__()
-        if int(num_instances) <= 0:
+        if isinstance(num_instances, bool) or int(num_instances) <= 0:
             raise ValueError(f"num_instances must be a positive integer, got {num_instances!r}")
         self.num_instances = int(num_instances)
 
-    # -- what a training step uses -------------------------------------------------------
-    def sample(self, indices: Tensor, losses: Tensor | None = None) -> Tensor:
-        """Weights for the instances `indices` (shape (B,)), differentiable if learnable.
-
-        `losses` holds each instance's detached pretext loss, for methods that use it.
-        """
-        raise NotImplementedError
-
-    def regulariser(self, indices: Tensor) -> Tensor:
-        """A term added to the meta objective for the batch (zero unless a method has one)."""
-        return torch.zeros((), device=self.device)
-
-    def reweight(self, weights: Tensor, meta_grad: Tensor) -> Tensor | None:
-        """Weights for the real step computed from the meta-gradient, or None to keep the
-        sampled ones (the single-pass BDW update). Two-pass methods such as L2RW override it."""
-        return None
-
-    @torch.no_grad()
-    def project_(self) -> None:
-        """Clamp parameters back into their valid range after an optimiser step."""
-
-    def on_epoch_end(self, epoch: int | None = None, model: nn.Module | None = None) -> bool:
-        """Called by the trainer after each epoch (e.g. to refresh distances); returns
-        whether anything changed. Nothing to do by default."""
-        return False
-
-    # -- what pruning, logging and plots use --------------------------------------------
+    # -- what pruning, logging and plots read --------------------------------------------
     def mean(self, indices: Tensor | None = None) -> Tensor:
+        """The mean weight of `indices` (all instances when None)."""
         raise NotImplementedError
 
     def std(self, indices: Tensor | None = None) -> Tensor:
+        """The standard deviation of the weight of `indices` (0 for point weights)."""
         raise NotImplementedError
 
     def cdf(self, value: float, indices: Tensor | None = None) -> Tensor:
@@ -70,12 +48,15 @@ class InstanceWeights(nn.Module):
         w = self.mean(indices)
         return (w <= value).to(w.dtype)
 
+    def on_epoch_end(self, epoch: int | None = None, model: nn.Module | None = None) -> bool:
+        """Called after each epoch (e.g. to refresh distances); returns whether anything
+        changed. Nothing to do by default."""
+        return False
+
     # -- helpers -------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        for t in self.parameters():
-            return t.device
-        for t in self.buffers():
+        for t in (*self.parameters(), *self.buffers()):
             return t.device
         return torch.device("cpu")
 
@@ -84,16 +65,61 @@ class InstanceWeights(nn.Module):
         if indices is None:
             return slice(None)
         indices = torch.as_tensor(indices, device=self.device)
-        if indices.dim() != 1 or indices.dtype not in (torch.int64, torch.int32, torch.int16,
-                                                       torch.int8, torch.uint8):
-            raise ValueError(
-                f"indices must be a 1-D integer tensor, got shape {tuple(indices.shape)} "
-                f"and dtype {indices.dtype}"
-            )
+        if indices.dim() != 1 or indices.dtype not in _INDEX_DTYPES:
+            raise ValueError(f"indices must be a 1-D integer tensor, got shape "
+                             f"{tuple(indices.shape)} and dtype {indices.dtype}")
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.num_instances):
             raise IndexError(
                 f"indices must lie in [0, {self.num_instances}); got values from "
                 f"{int(indices.min())} to {int(indices.max())}. Are the indices from a "
-                "dataset of another size?"
-            )
+                "dataset of another size?")
         return indices.long()
+
+
+class LearnedWeights(InstanceWeights):
+    """Weights with parameters learnt by the bilevel step.
+
+    ``row_parameters`` names the parameters whose first dimension indexes instances, so a
+    `WeightOptimizer` step may touch only the rows of the current batch (others are
+    stepped densely).
+    """
+
+    row_parameters: tuple[str, ...] = ()
+
+    def sample(self, indices: Tensor, losses: Tensor | None = None) -> Tensor:
+        """Weights for the instances `indices` (shape (B,)), differentiable w.r.t. the
+        parameters. `losses` holds each instance's detached pretext loss, for methods
+        whose weight is a function of it. Changes nothing but the random state."""
+        raise NotImplementedError
+
+    def observe(self, indices: Tensor, losses: Tensor) -> None:
+        """Record the batch's detached per-instance losses (for reporting). No-op unless
+        a method reports from them."""
+
+    def regulariser(self, indices: Tensor) -> Tensor:
+        """A term added to the meta objective for the batch (zero unless a method has one)."""
+        return torch.zeros((), device=self.device)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Put the parameters back into their valid range after an optimiser step."""
+
+
+class WeightRule(InstanceWeights):
+    """Per-step weights from a rule; nothing learnt by gradient.
+
+    ``needs_meta_gradient`` rules (L2RW) receive, in `weights`, the meta-gradient dM/dw_i
+    at w = 0 that `MetaWeighter` computed for the batch just before.
+    """
+
+    needs_meta_gradient: bool = False
+
+    def weights(self, indices: Tensor, losses: Tensor | None = None, *, step: int = 0,
+                meta_grad: Tensor | None = None) -> Tensor:
+        """The weights of one training step for instances `indices` (detached, shape (B,)).
+
+        `losses` are the batch's detached per-instance pretext losses, `step` counts the
+        training steps (seeds per-step randomness). Rules that keep running statistics
+        update them here, so call it once per step.
+        """
+        raise NotImplementedError

@@ -21,7 +21,7 @@ The weight is a sigmoid of the standardised score, w_i = sigmoid(+-(s_i - mu) / 
 where mu and sigma are the mean and standard deviation of the scores of every instance
 seen so far: weights lie in (0, 1), an average instance gets 0.5 (BDW's starting mean), and
 the ranking is over the whole pool rather than within one batch. An instance not seen yet
-has weight 0.5. `sample` updates the batch's scores first and returns the same values
+has weight 0.5. `weights` updates the batch's scores first and returns the same values
 `mean` then reports; `std` is zero and `cdf` thresholds the mean.
 """
 
@@ -30,12 +30,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from betaweighter.weights.base import InstanceWeights
+from betaweighter.weights.base import WeightRule
+
+__all__ = ["LossHeuristicWeights"]
 
 RULES = ("hard", "easy", "el2n")
 
 
-class LossHeuristicWeights(InstanceWeights):
+class LossHeuristicWeights(WeightRule):
     """Weights from the running rotation loss: keep-hard, keep-easy or EL2N-style.
 
     Args:
@@ -45,7 +47,6 @@ class LossHeuristicWeights(InstanceWeights):
         smoothing: decay of each instance's score average (0 keeps the last visit only).
     """
 
-    learnable = False
 
     def __init__(self, num_instances: int, rule: str = "hard", temperature: float = 1.0,
                  smoothing: float = 0.9) -> None:
@@ -63,7 +64,8 @@ class LossHeuristicWeights(InstanceWeights):
         self.register_buffer("visits", torch.zeros(num_instances, dtype=torch.long))
 
     @torch.no_grad()
-    def sample(self, indices: Tensor, losses: Tensor | None = None) -> Tensor:
+    def weights(self, indices: Tensor, losses: Tensor | None = None, *, step: int = 0,
+                meta_grad: Tensor | None = None) -> Tensor:
         """Update the batch's scores from `losses` (when given) and return their weights."""
         rows = self._rows(indices)
         if losses is not None:

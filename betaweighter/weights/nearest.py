@@ -1,8 +1,8 @@
 """NN-Weighter: a hand-designed weight from the distance to the labelled target data.
 
-The paper's hand-designed baseline, after Peng et al. (ACML 2019) as Ericsson et al. used
-it (bdw_spec.md, section 2): an unlabelled instance counts more the closer it lies to
-some labelled target image,
+The paper's hand-designed baseline, after Peng et al. (ACML 2019) as Ericsson et al.
+(arXiv:2006.12360) used it: an unlabelled instance counts more the closer it lies to some
+labelled target image,
 
     w_i = exp(-k * d_i),   d_i = min_t ||x_i - x_t||_2,
 
@@ -15,7 +15,7 @@ feature space (``space="feature"``), computed once by `fit`, or again every
 Search is exact and chunked: `torch.cdist` (or scikit-learn's `NearestNeighbors`) finds
 each instance's nearest target a chunk at a time, then the distance to that neighbour is
 recomputed directly as ||x_i - x_t||, so the matrix-product shortcut's rounding cannot make
-an exact copy look distant. Nothing is learnt (``learnable = False``); `std` is zero and
+an exact copy look distant. Nothing is learnt (a `WeightRule`); `std` is zero and
 `cdf` thresholds the weight (the point-mass fallback of `InstanceWeights`). The distances,
 `k` and the epoch count are in the `state_dict`, so a checkpoint restores the weights
 without refitting; the data are not, so a resumed run that still has refreshes to do calls
@@ -33,13 +33,16 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from betaweighter.weights.base import InstanceWeights
+from betaweighter.runtime import progress_disabled
+from betaweighter.weights.base import WeightRule
+
+__all__ = ["NearestNeighbourWeights"]
 
 SPACES = ("pixel", "feature")
 BACKENDS = ("torch", "sklearn")
 
 
-class NearestNeighbourWeights(InstanceWeights):
+class NearestNeighbourWeights(WeightRule):
     """w_i = exp(-k * distance from instance i to its nearest labelled target image).
 
     Args:
@@ -53,7 +56,6 @@ class NearestNeighbourWeights(InstanceWeights):
         chunk_size: pool and target instances embedded and compared per chunk.
     """
 
-    learnable = False
 
     def __init__(
         self,
@@ -157,7 +159,7 @@ class NearestNeighbourWeights(InstanceWeights):
     def _embed(self, data: Any, model: nn.Module | None, name: str) -> Iterator[Tensor]:
         device = self.device if model is None else next(model.parameters()).device
         for x in tqdm(_chunks(data, self.chunk_size), desc=f"NN-Weighter {name}",
-                      total=math.ceil(len(data) / self.chunk_size), disable=_quiet(),
+                      total=math.ceil(len(data) / self.chunk_size), disable=progress_disabled(),
                       leave=False):
             x = x.to(device)
             if self.space == "feature":
@@ -194,7 +196,8 @@ class NearestNeighbourWeights(InstanceWeights):
         return search
 
     # -- the interface ---------------------------------------------------------------------
-    def sample(self, indices: Tensor, losses: Tensor | None = None) -> Tensor:
+    def weights(self, indices: Tensor, losses: Tensor | None = None, *, step: int = 0,
+                meta_grad: Tensor | None = None) -> Tensor:
         return self.mean(indices)
 
     @torch.no_grad()
@@ -226,11 +229,3 @@ def _inverse_median(distances: Tensor) -> float:
         return 1.0
     median = distances.median() if distances.median() > 0 else positive.median()
     return 1.0 / float(median)
-
-
-def _quiet() -> bool | None:
-    """tqdm's `disable`: None (auto: off when not a terminal) on rank 0, True elsewhere."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
-        return True
-    return None

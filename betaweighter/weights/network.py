@@ -11,8 +11,7 @@ Differences from Shu et al., all documented choices:
 
 * The update is BDW's single pass ("don't wait"): the real step uses the weights the
   network gave before its meta update. Meta-Weight-Net recomputes the weights with the
-  updated network first; `MetaWeighter` asks for the real-step weights (`reweight`) before
-  it steps the weighting parameters, so that variant is not available here.
+  updated network first, which needs a second forward; that variant is not offered.
 * The output is not renormalised over the batch (Shu et al. divide by the batch sum);
   use ``MetaWeighter(normalise=True)`` for that.
 
@@ -27,10 +26,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from betaweighter.weights.base import InstanceWeights
+from betaweighter.weights.base import LearnedWeights
+
+__all__ = ["WeightNet"]
 
 
-class WeightNet(InstanceWeights):
+class WeightNet(LearnedWeights):
     """Weights from an MLP of the per-instance loss (Meta-Weight-Net style).
 
     Args:
@@ -44,11 +45,11 @@ class WeightNet(InstanceWeights):
             optimiser step, so no learning rate makes them overflow.
 
     The output layer starts at zero, so every instance starts at weight 0.5 (BDW's starting
-    mean). The network's parameters are dense (``row_parameters`` is empty):
-    `InstanceOptimizer` steps all of them every meta update. Use Adam at 1e-3 (Meta-Weight-
-    Net's setting: ``MetaWeighter(..., weight_optimizer="adam", weight_lr=1e-3)``); on the
-    label-noise test problem 1e-2 sometimes saturated the sigmoid at 1 for every loss, and
-    the large SGD rates meant for per-instance parameters do the same.
+    mean). The network's parameters are dense (``row_parameters`` is empty): a
+    `WeightOptimizer` steps all of them every meta update. Use Adam at 1e-3 (Meta-Weight-
+    Net's setting: ``weight_optimizer=WeightOptimizer("adam", lr=1e-3, normalise=False)``);
+    on the label-noise test problem 1e-2 sometimes saturated the sigmoid at 1 for every
+    loss.
     """
 
     def __init__(
@@ -94,20 +95,18 @@ class WeightNet(InstanceWeights):
 
     # -- the interface ------------------------------------------------------------------
     def sample(self, indices: Tensor, losses: Tensor | None = None) -> Tensor:
-        """Weights for the batch from its current losses (recorded for `mean`); without
-        `losses`, from each instance's last recorded loss."""
+        """Weights for the batch from its current losses; without `losses`, from each
+        instance's last observed loss."""
         rows = self._rows(indices)
-        if losses is None:
-            inputs = self._recorded(rows)
-        else:
-            inputs = torch.as_tensor(losses).detach().reshape(-1)
-            if inputs.numel() != rows.numel():
-                raise ValueError(
-                    f"losses has {inputs.numel()} entries for {rows.numel()} indices"
-                )
-            with torch.no_grad():
-                self.last_loss[rows] = inputs.to(self.last_loss)
+        inputs = self._recorded(rows) if losses is None else self._checked(losses, rows)
         return self.weight_of(inputs, self._features(rows))
+
+    @torch.no_grad()
+    def observe(self, indices: Tensor, losses: Tensor) -> None:
+        """Record the batch's losses: `mean` reports the network's weight of each
+        instance's most recent loss."""
+        rows = self._rows(indices)
+        self.last_loss[rows] = self._checked(losses, rows).to(self.last_loss)
 
     @torch.no_grad()
     def project_(self) -> None:
@@ -125,6 +124,13 @@ class WeightNet(InstanceWeights):
         return torch.zeros_like(self.last_loss[self._rows(indices)])
 
     # -- helpers -------------------------------------------------------------------------
+    @staticmethod
+    def _checked(losses: Tensor, rows: Tensor) -> Tensor:
+        inputs = torch.as_tensor(losses).detach().reshape(-1)
+        if inputs.numel() != rows.numel():
+            raise ValueError(f"losses has {inputs.numel()} entries for {rows.numel()} indices")
+        return inputs
+
     def _recorded(self, rows: Tensor | slice) -> Tensor:
         seen = torch.isfinite(self.last_loss)
         fill = self.last_loss[seen].mean() if bool(seen.any()) else self.last_loss.new_zeros(())

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from betaweighter.weights.base import InstanceWeights
+from betaweighter.weights.base import LearnedWeights
 
 
-class PointWeights(InstanceWeights):
+class PointWeights(LearnedWeights):
     """One scalar weight per instance in [0, 1], initialised to `init` (default 0.5, the
     mean of BDW's Beta(1, 1) start so the two begin at the same effective step size)."""
 
@@ -22,8 +22,9 @@ class PointWeights(InstanceWeights):
 
     def __init__(self, num_instances: int, init: float = 0.5) -> None:
         super().__init__(num_instances)
-        if not 0.0 <= init <= 1.0:
+        if not 0.0 <= init <= 1.0:  # also refuses NaN
             raise ValueError(f"init must be in [0, 1], got {init}")
+        self.init = float(init)
         self.value = nn.Parameter(torch.full((num_instances,), float(init)))
 
     def sample(self, indices: Tensor, losses: Tensor | None = None) -> Tensor:

@@ -20,10 +20,12 @@ import math
 import torch
 from torch import Tensor
 
-from betaweighter.weights.base import InstanceWeights
+from betaweighter.weights.base import WeightRule
+
+__all__ = ["RandomWeights"]
 
 
-class RandomWeights(InstanceWeights):
+class RandomWeights(WeightRule):
     """Uniform(0, 1) weights that carry no information (a control).
 
     Args:
@@ -32,7 +34,6 @@ class RandomWeights(InstanceWeights):
         seed: seeds the draws (fixed weights and the per-step stream alike).
     """
 
-    learnable = False
 
     def __init__(self, num_instances: int, resample: bool = False, seed: int = 0) -> None:
         super().__init__(num_instances)
@@ -40,15 +41,15 @@ class RandomWeights(InstanceWeights):
         self.seed = int(seed)
         fixed = torch.rand(num_instances, generator=torch.Generator().manual_seed(self.seed))
         self.register_buffer("fixed", fixed if not self.resample else torch.full_like(fixed, 0.5))
-        self.register_buffer("draws", torch.zeros((), dtype=torch.long))
 
-    def sample(self, indices: Tensor, losses: Tensor | None = None) -> Tensor:
+    def weights(self, indices: Tensor, losses: Tensor | None = None, *, step: int = 0,
+                meta_grad: Tensor | None = None) -> Tensor:
+        """The fixed weights, or with ``resample`` fresh ones drawn from (seed, step): a
+        pure function of its arguments, so a resumed run draws the same."""
         rows = self._rows(indices)
         if not self.resample:
-            return self.fixed[rows]
-        # The stream is a function of (seed, number of draws), so it survives a checkpoint.
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.draws) + 1)
-        self.draws += 1
+            return self.fixed[rows].clone()
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step) + 1)
         return torch.rand(rows.numel(), generator=g).to(self.fixed)
 
     def mean(self, indices: Tensor | None = None) -> Tensor:

@@ -6,19 +6,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from betaweighter.weights.base import InstanceWeights
+from betaweighter.weights.base import WeightRule
+
+__all__ = ["UniformWeights"]
 
 
-class UniformWeights(InstanceWeights):
-    learnable = False
+class UniformWeights(WeightRule):
+    """Weight 1 for every instance at every step."""
 
     def __init__(self, num_instances: int) -> None:
         super().__init__(num_instances)
         # A buffer only so that the weights follow `.to(device)` and have a state_dict.
         self.register_buffer("_ones", torch.ones(num_instances))
 
-    def sample(self, indices: Tensor, losses: Tensor | None = None) -> Tensor:
-        return self._ones[self._rows(indices)]
+    def weights(self, indices: Tensor, losses: Tensor | None = None, *, step: int = 0,
+                meta_grad: Tensor | None = None) -> Tensor:
+        return self._ones[self._rows(indices)].clone()
 
     def mean(self, indices: Tensor | None = None) -> Tensor:
         return self._ones[self._rows(indices)].clone()

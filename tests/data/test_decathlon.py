@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import betaweighter as bw
-from betaweighter.data.errors import CorruptDatasetError, DatasetNotFoundError
 from betaweighter.data.sources import decathlon as vd
+from betaweighter.errors import CorruptDatasetError, DatasetNotFoundError
 
 TRAIN, VAL, TEST, CLASSES = 12, 6, 3, 3  # per domain, as written by conftest.write_decathlon
 

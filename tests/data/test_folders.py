@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import betaweighter as bw
-from betaweighter.data.errors import DatasetNotFoundError
+from betaweighter.errors import DatasetNotFoundError
 
 
 def _write(folder: Path, n: int, colour: int, ext: str = "png") -> None:
@@ -59,7 +59,7 @@ def test_bundle_with_test_folder(folders):
 def test_missing_folders(folders, tmp_path):
     with pytest.raises(DatasetNotFoundError, match="nope"):
         bw.data.image_folders(tmp_path / "nope", folders / "target")
-    with pytest.raises(DatasetNotFoundError, match="one sub-folder per class"):
+    with pytest.raises(bw.data.DataError, match="no class sub-folders"):
         bw.data.image_folders(folders / "pool", folders / "pool" / "a")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetNotFoundError, match="empty"):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from betaweighter.data.errors import CorruptDatasetError
 from betaweighter.data.splits import check_splits, load_splits, save_splits, stratified_split
+from betaweighter.errors import CorruptDatasetError
 
 LABELS = np.repeat(np.arange(4), [10, 10, 7, 3])
 

@@ -12,9 +12,9 @@ import torchvision
 from ondisk import STL_COUNTS  # what write_stl10 writes
 
 import betaweighter as bw
-from betaweighter.data.errors import CorruptDatasetError, DatasetNotFoundError
 from betaweighter.data.sources import stl10 as stl10_module
 from betaweighter.data.sources.stl10 import STL10Raw, stl10
+from betaweighter.errors import CorruptDatasetError, DatasetNotFoundError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*the official STL-10")
 

@@ -6,13 +6,13 @@ import pytest
 import torch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from betaweighter.data.detection import load_coco
 from betaweighter.evaluate.detection import (
     build_faster_rcnn,
-    detection,
+    evaluate_detection,
     freeze_batchnorm,
     resnet_trunk,
 )
-from betaweighter.evaluate.detection_data import load_coco
 from betaweighter.models import build_model
 
 TINY = dict(min_size=64, max_size=96)
@@ -54,9 +54,9 @@ def test_the_detector_starts_from_the_pretrained_weights_and_leaves_them_alone()
     assert isinstance(backbone.encoder.bn1, torch.nn.BatchNorm2d)  # the original is untouched
 
 
-def test_non_resnet_backbones_are_refused(tiny_convnet):
+def test_non_resnet_backbones_are_refused(tiny_convnet_config):
     with pytest.raises(TypeError, match="needs a torchvision ResNet"):
-        resnet_trunk(build_model(**tiny_convnet))
+        resnet_trunk(build_model(**tiny_convnet_config))
 
 
 def test_two_iteration_training_on_synthetic_coco_gives_finite_ap(tmp_path, coco_writer):
@@ -64,7 +64,7 @@ def test_two_iteration_training_on_synthetic_coco_gives_finite_ap(tmp_path, coco
     test = load_coco(*coco_writer(tmp_path / "test", images=2, size=64, seed=1),
                      classes=train.classes)
     torch.manual_seed(0)
-    r = detection(build_model("resnet18"), train, test, images=4, batch_size=2,
+    r = evaluate_detection(build_model("resnet18"), train, test, images=4, batch_size=2,
                   score_threshold=0.0, device="cpu", **TINY)
     assert r["training"]["iterations"] == 2 and r["training"]["images_seen"] == 4
     assert math.isfinite(r["training"]["final_loss"])

@@ -13,9 +13,9 @@ def _data(n=23):
     return TensorDataset(torch.randn(n, 3, 8, 8, generator=g), torch.arange(n) % 3)
 
 
-def test_features_match_an_eval_mode_forward_and_keep_the_remainder(tiny_convnet):
+def test_features_match_an_eval_mode_forward_and_keep_the_remainder(tiny_convnet_config):
     torch.manual_seed(0)
-    model = build_model(**tiny_convnet).train()
+    model = build_model(**tiny_convnet_config).train()
     data = _data()
     feats, labels = extract_features(model, data, batch_size=5)  # 23 = 4 x 5 + 3
     assert feats.shape == (23, 8) and feats.dtype == np.float32
@@ -32,13 +32,14 @@ def test_features_match_an_eval_mode_forward_and_keep_the_remainder(tiny_convnet
     torch.testing.assert_close(model.encoder[0][1].running_mean, before)
 
 
-def test_cache_is_reused_and_keyed_by_the_weights(tiny_convnet, image_folder_writer, tmp_path):
-    from betaweighter.evaluate.image_folders import pooled_folders
+def test_cache_is_reused_and_keyed_by_the_weights(tiny_convnet_config, image_folder_writer,
+                                                  tmp_path):
+    from betaweighter.data.labelled import pooled_folders
 
     root = image_folder_writer(tmp_path / "pool", {"red": 3, "blue": 2})
     pool, _ = pooled_folders([root], image_size=16)
     torch.manual_seed(0)
-    model = build_model(**tiny_convnet)
+    model = build_model(**tiny_convnet_config)
     cache = tmp_path / "cache"
     first, _ = extract_features(model, pool, cache_dir=cache, name="pool")
     files = sorted(cache.iterdir())

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
+from betaweighter.data.labelled import pooled_folders
 from betaweighter.evaluate.fewshot import (
     Episodes,
-    fewshot,
+    evaluate_fewshot,
     fit_fewshot,
     make_episodes,
     nearest_class_mean,
 )
-from betaweighter.evaluate.image_folders import pooled_folders
 from betaweighter.models import build_model
 
 
@@ -78,12 +78,12 @@ def test_too_few_items_per_class_is_a_clear_error():
         make_episodes(np.repeat(np.arange(6), 10), way=5, shot=5, query=15, episodes=1)
 
 
-def test_fewshot_on_a_backbone(image_folder_writer, tiny_convnet, tmp_path):
+def test_fewshot_on_a_backbone(image_folder_writer, tiny_convnet_config, tmp_path):
     roots = [image_folder_writer(tmp_path / s, {"red": 4, "green": 4, "blue": 4}, seed=i)
              for i, s in enumerate(("a", "b"))]
     pool, classes = pooled_folders(roots, image_size=16)
     torch.manual_seed(0)
-    r = fewshot(build_model(**tiny_convnet), pool, way=3, shot=2, query=3, episodes=10,
-                batch_size=5)
+    r = evaluate_fewshot(build_model(**tiny_convnet_config), pool, way=3, shot=2, query=3,
+                         episodes=10, batch_size=5)
     assert classes == ["blue", "green", "red"] and r["episodes"] == 10
     assert r["accuracy"] > 0.8

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from betaweighter.evaluate.image_folders import image_folder_splits
+from betaweighter.data.labelled import labelled_folder_splits
 from betaweighter.evaluate.linear import default_c_grid, fit_linear_probe, linear_probe
 from betaweighter.models import build_model
 
@@ -70,10 +70,10 @@ def test_non_finite_features_are_an_error():
                          (x, np.array([0, 1, 0, 1])))
 
 
-def test_probe_on_a_backbone_and_image_folders(colour_folders, tiny_convnet, tmp_path):
+def test_probe_on_a_backbone_and_image_folders(colour_folders, tiny_convnet_config, tmp_path):
     torch.manual_seed(0)
-    model = build_model(**tiny_convnet)
-    s = image_folder_splits(colour_folders["train"], colour_folders["test"], None,
+    model = build_model(**tiny_convnet_config)
+    s = labelled_folder_splits(colour_folders["train"], colour_folders["test"], None,
                             image_size=16)
     assert s["report"]["val_from_train"] and s["report"]["val_images"] == 6
     r = linear_probe(model, s["train"], s["val"], s["test"], batch_size=7,

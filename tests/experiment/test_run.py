@@ -1,4 +1,4 @@
-"""A tiny demo run end to end: every file, exact kill-and-resume, clear checkpoint errors."""
+"""A tiny demo run end to end: every file, exact kill-and-resume, run directories."""
 
 from __future__ import annotations
 
@@ -10,31 +10,40 @@ import torch
 from helpers import TINY
 
 from betaweighter.cli import main
-from betaweighter.evaluate.checkpoint import load_backbone
-from betaweighter.experiment.checkpoint import CheckpointError
+from betaweighter.errors import CheckpointError, ConfigError, RunLockedError
 from betaweighter.experiment.config import load_config
-from betaweighter.experiment.rundir import create_run_dir
+from betaweighter.experiment.rundir import RunDir, create_run_dir
 from betaweighter.experiment.trainer import Trainer
+from betaweighter.models import load_backbone
 
-EXPECTED_FILES = ["config.yaml", "splits.json", "metrics.csv", "weights.csv", "summary.json",
-                  "checkpoints/last.pt", "checkpoints/best.pt", "plots/weight_histograms.png",
-                  "plots/curves.png", "plots/highest_weighted.png", "plots/lowest_weighted.png"]
+EXPECTED_FILES = ["config.yaml", "run.json", "splits.json", "metrics.csv", "weights.csv",
+                  "summary.json", "checkpoints/last.pt", "checkpoints/best.pt",
+                  "plots/weight_histograms.png", "plots/curves.png", "plots/diagnostics.png",
+                  "plots/highest_weighted.png", "plots/lowest_weighted.png",
+                  "plots/extremes.npz"]
 COLUMNS = {"epoch", "train_loss", "meta_loss", "mean_weight", "val_accuracy", "kept_fraction",
-           "pruned", "pruned_in_domain", "epoch_seconds", "images_seen"}
+           "pruned", "decided", "pruned_in_domain", "epoch_seconds", "images_seen",
+           "weight_spread", "confident_low", "confident_high", "meta_grad_scale",
+           "median_visits", "auroc_in_domain", "pruned_in_domain_share"}
+TIMING = ("epoch_seconds",)
 
 
-def _rows(path, drop=("epoch_seconds",)):
+def _rows(path, drop=TIMING):
     with open(path) as f:
         return [{k: v for k, v in r.items() if k not in drop} for r in csv.DictReader(f)]
+
+
+def _start(tmp_path, *overrides):
+    cfg = load_config(overrides=TINY + [f"experiment.output_root={tmp_path}", *overrides])
+    return Trainer.start(cfg)
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    cfg = load_config(overrides=TINY + [f"experiment.output_root={out}"])
-    run = create_run_dir(out, "tiny")
-    summary = Trainer(cfg, run).run()
-    return cfg, run, summary
+    with _start(out) as trainer:
+        summary = trainer.run()
+    return trainer.cfg, trainer.run_dir, summary
 
 
 def test_a_run_writes_every_file(finished):
@@ -44,50 +53,78 @@ def test_a_run_writes_every_file(finished):
     rows = _rows(run / "metrics.csv", drop=())
     assert len(rows) == 2 and COLUMNS <= set(rows[0])
     assert float(rows[1]["kept_fraction"]) < 1.0  # quantile pruning removed 10% per epoch
-    assert int(rows[0]["pruned"]) > 0 and int(rows[0]["images_seen"]) == 3 * 16
+    assert int(rows[0]["pruned"]) == int(rows[0]["decided"]) > 0
+    assert int(rows[0]["images_seen"]) == 3 * 16
+    assert 0.0 <= float(rows[0]["auroc_in_domain"]) <= 1.0
     weights = list(csv.DictReader(open(run / "weights.csv")))
     assert len(weights) == 1802 and set(weights[0]) == {"index", "mean", "std", "pruned"}
-    assert sum(int(w["pruned"]) for w in weights) == int(rows[0]["pruned"]) + int(rows[1]["pruned"])
+    assert sum(int(w["pruned"]) for w in weights) == (int(rows[0]["pruned"])
+                                                      + int(rows[1]["pruned"]))
     on_disk = json.loads((run / "summary.json").read_text())
     assert on_disk["test_accuracy"] == pytest.approx(summary["test_accuracy"])
-    assert 0.0 <= summary["test_accuracy"] <= 1.0
-    # the checkpoint is what the evaluators load
+    info = json.loads((run / "run.json").read_text())
+    assert info["data"]["pool"] == 1802 and info["data_config"]["image_size"] == 32
+    # the checkpoint is what the evaluators load, with the input it was trained on
     model = load_backbone(run, device="cpu")
     assert model.features(torch.zeros(1, 3, 32, 32)).shape == (1, 8)
+    assert model.data_config["image_size"] == 32 and len(model.data_config["mean"]) == 3
+
+
+def test_stored_paths_are_absolute_and_the_run_reads_without_data(finished, tmp_path,
+                                                                  monkeypatch):
+    _, run, _ = finished
+    monkeypatch.chdir(tmp_path)  # from anywhere
+    r = RunDir(run)
+    assert r.config().experiment.output_root == str(run.parent)
+    assert len(r.metrics()) == 2 and r.summary()["epochs"] == 2
+    assert r.state("best")["epoch"] >= 1
 
 
 def test_kill_and_resume_finishes_exactly_like_an_uninterrupted_run(finished, tmp_path):
     cfg, run, summary = finished
-    other = create_run_dir(tmp_path, "tiny")
-    assert Trainer(cfg, other).run(stop_after=1) is None  # "killed" after epoch 1
+    with _start(tmp_path) as trainer:
+        assert trainer.run(stop_after=1) is None  # "killed" after epoch 1
+        other = trainer.run_dir
     assert len(_rows(other / "metrics.csv")) == 1
-    resumed = Trainer.resume(other).run()
+    with Trainer.resume(other) as trainer:
+        resumed = trainer.run()
     assert _rows(other / "metrics.csv") == _rows(run / "metrics.csv")
     assert (other / "weights.csv").read_text() == (run / "weights.csv").read_text()
     assert resumed["test_accuracy"] == summary["test_accuracy"]
 
 
-def test_corrupt_checkpoint_is_a_clear_error(finished, tmp_path):
-    cfg, _, _ = finished
-    run = create_run_dir(tmp_path, "tiny")
-    Trainer(cfg, run).run(stop_after=1)
-    last = run / "checkpoints" / "last.pt"
-    last.write_bytes(last.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match=r"last.pt.*cannot be read"):
-        Trainer.resume(run)
-    last.unlink()
-    with pytest.raises(CheckpointError, match="does not exist"):
-        Trainer.resume(run)
+def test_a_second_writer_is_refused_with_the_holders_pid(finished, tmp_path):
+    import os
+
+    with _start(tmp_path) as trainer:
+        trainer.run(stop_after=1)
+        with pytest.raises(RunLockedError, match=f"process {os.getpid()}"):
+            Trainer.resume(trainer.run_dir)
 
 
-def test_resume_refuses_an_edited_config(finished, tmp_path):
-    cfg, _, _ = finished
-    run = create_run_dir(tmp_path, "tiny")
-    Trainer(cfg, run).run(stop_after=1)
-    text = (run / "config.yaml").read_text().replace("epochs: 2", "epochs: 5")
+def test_resume_refuses_an_edited_config_and_other_settings(finished, tmp_path):
+    with _start(tmp_path, "train.epochs=3") as trainer:
+        trainer.run(stop_after=2)
+        run = trainer.run_dir
+    with pytest.raises(ConfigError, match="cannot change on --resume"):
+        Trainer.resume(run, overrides=["meta.way=5"])
+    with pytest.raises(ConfigError, match="already trained 2 epochs"):
+        Trainer.resume(run, overrides=["train.epochs=1"])
+    text = (run / "config.yaml").read_text().replace("epochs: 3", "epochs: 5")
     (run / "config.yaml").write_text(text)
     with pytest.raises(CheckpointError, match="another config"):
         Trainer.resume(run)
+
+
+def test_extending_a_finished_run(finished, tmp_path):
+    with _start(tmp_path, "train.epochs=1") as trainer:
+        trainer.run()
+        run = trainer.run_dir
+    with Trainer.resume(run, overrides=["train.epochs=2"]) as trainer:
+        summary = trainer.run()
+    assert summary["epochs"] == 2 and len(_rows(run / "metrics.csv")) == 2
+    change = json.loads((run / "run.json").read_text())["changes"][0]
+    assert change == {"key": "train.epochs", "from": 1, "to": 2, "at_epoch": 1}
 
 
 def test_run_directories_never_overwrite(tmp_path):
@@ -100,10 +137,13 @@ def test_run_directories_never_overwrite(tmp_path):
 
 def test_cli_weights_plot_and_errors(finished, tmp_path, capsys):
     _, run, _ = finished
+    before = {p: p.stat().st_mtime_ns for p in (run / "config.yaml", run / "metrics.csv")}
     assert main(["weights", str(run), "-o", str(tmp_path / "w.csv")]) == 0
     assert (tmp_path / "w.csv").read_text() == (run / "weights.csv").read_text()
+    assert "weights have" in capsys.readouterr().err  # the verdict
     assert main(["plot", str(run)]) == 0
     assert "curves.png" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # read-only commands
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
     assert main(["run", str(bad)]) == 2
@@ -114,38 +154,34 @@ def test_cli_weights_plot_and_errors(finished, tmp_path, capsys):
     assert "betaweighter" in capsys.readouterr().out
 
 
-def test_cli_run_end_to_end(tmp_path, capsys):
-    args = ["run", "configs/demo.yaml", "--out", str(tmp_path)]
+def test_cli_run_end_to_end_by_shipped_name(tmp_path, capsys):
+    args = ["run", "demo", "--out", str(tmp_path)]
     for item in TINY + ["train.epochs=1", "experiment.name=cli"]:
         args += ["--set", item]
     assert main(args) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["epochs"] == 1 and (tmp_path / "cli" / "summary.json").is_file()
+    out = capsys.readouterr().out
+    assert "run cli finished: 1 epochs of bdw on demo" in out and "test accuracy" in out
+    assert (tmp_path / "cli" / "summary.json").is_file()
+    assert main(["run", "demo", "--dry-run", "--out", str(tmp_path / "dry")]) == 0
+    captured = capsys.readouterr()
+    assert "experiment:" in captured.out and "would write" in captured.err
+    assert not (tmp_path / "dry").exists()
 
 
 @pytest.mark.parametrize("method", ["dw", "l2rw", "nn", "weightnet", "heuristic", "random",
                                     "rotnet"])
 def test_every_method_runs_from_one_config_key(method, tmp_path):
-    cfg = load_config(overrides=TINY + [f"weights.method={method}", "train.epochs=1",
-                                        "pruning.rule=threshold"])
-    summary = Trainer(cfg, create_run_dir(tmp_path, method)).run()
-    assert summary["method"] == method and 0.0 <= summary["test_accuracy"] <= 1.0
+    with _start(tmp_path, f"weights.method={method}", "train.epochs=1",
+                "pruning.rule=threshold", f"experiment.name={method}") as trainer:
+        summary = trainer.run()
+    assert summary["method"] == method and summary["epochs"] == 1
     weights = list(csv.DictReader(open(tmp_path / method / "weights.csv")))
-    assert all(0.0 <= float(w["mean"]) <= 10.0 for w in weights)
+    assert len(weights) == 1802 and all(0.0 <= float(w["mean"]) <= 10.0 for w in weights)
 
 
 def test_a_run_that_cannot_start_leaves_no_directory(tmp_path, capsys):
-    args = ["run", "configs/stl10/bdw.yaml", "--out", str(tmp_path), "--set",
+    args = ["run", "stl10/bdw", "--out", str(tmp_path), "--set",
             f"data.root={tmp_path / 'nowhere'}"]
     assert main(args) == 2
     assert "stl10_binary" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
-
-
-def test_garbage_checkpoint_is_a_clear_error(finished, tmp_path):
-    cfg, _, _ = finished
-    run = create_run_dir(tmp_path, "tiny")
-    Trainer(cfg, run).run(stop_after=1)
-    (run / "checkpoints" / "last.pt").write_text("hello")
-    with pytest.raises(CheckpointError, match=r"last.pt cannot be read.*checkpoints/best.pt"):
-        Trainer.resume(run)

@@ -1,4 +1,5 @@
-"""The meta-gradient against finite differences and across engines, in float64."""
+"""The meta-gradient against finite differences of real optimiser steps and across
+methods, in float64, for every elementwise optimiser the look-ahead reproduces."""
 
 from __future__ import annotations
 
@@ -10,10 +11,26 @@ import torch
 import torch.nn.functional as F
 from helpers import images, labelled, tiny_convnet
 from scipy.special import betainc, betaincinv
+from torch import nn
 
 import betaweighter as bw
 
 N, B = 12, 3
+OPTIMIZERS = {
+    "sgd": (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}),
+    "sgd_nesterov": (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True,
+                                       "weight_decay": 1e-3}),
+    "adam": (torch.optim.Adam, {"lr": 1e-2, "weight_decay": 1e-3}),
+    "adamw_amsgrad": (torch.optim.AdamW, {"lr": 1e-2, "weight_decay": 1e-2, "amsgrad": True}),
+    "rmsprop": (torch.optim.RMSprop, {"lr": 1e-3, "weight_decay": 1e-3}),
+    "rmsprop_centred": (torch.optim.RMSprop, {"lr": 1e-3, "momentum": 0.9, "centered": True}),
+    "adagrad": (torch.optim.Adagrad, {"lr": 1e-2, "lr_decay": 0.1, "weight_decay": 1e-3}),
+}
+
+
+def raw():
+    """Plain SGD with lr 1 and no momentum: the parameter change is minus the gradient."""
+    return bw.WeightOptimizer("sgd", lr=1.0, normalise=False)
 
 
 def _objective(target):
@@ -26,38 +43,31 @@ def _objective(target):
     return objective
 
 
-def _make_optimizer(model, kind):
-    if kind == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
-    if kind == "sgd_nesterov":
-        return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True,
-                               weight_decay=1e-3)
-    if kind == "adam":
-        return torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-3)
-    raise ValueError(kind)
-
-
-def _setup(kind):
-    model = tiny_convnet()
-    opt = _make_optimizer(model, kind)
+def _setup(kind, model=None):
+    model = model if model is not None else tiny_convnet()
+    cls, kwargs = OPTIMIZERS[kind]
+    opt = cls(model.parameters(), **kwargs)
     pool = images(N, seed=3)
     target = labelled(16, 4, seed=4)
-    # A few real steps so that momentum buffers / Adam moments exist.
-    for s in range(3):
+    for s in range(3):  # a few real steps so that momentum buffers / moments exist
         x, y = bw.rotate4(pool[s * B:(s + 1) * B])
+        torch.manual_seed(s)
         F.cross_entropy(model(x), y).backward()
         opt.step()
         opt.zero_grad()
     return model, opt, pool, target
 
 
-def _lookahead_meta_loss(model, opt, x, y, w_rows, objective, inner_steps=1):
+def _lookahead_meta_loss(model, opt, x, y, w_rows, objective, inner_steps=1, seed=None):
     """Meta loss after real optimiser step(s) on copies: an independent reference."""
     m = copy.deepcopy(model)
-    o = type(opt)(m.parameters(), **opt.defaults)
+    o = type(opt)(m.parameters(), **{k: v for k, v in opt.defaults.items()
+                                     if k != "decoupled_weight_decay"})
     o.load_state_dict(copy.deepcopy(opt.state_dict()))  # load_state_dict would share buffers
     for _ in range(inner_steps):
         o.zero_grad()
+        if seed is not None:
+            torch.manual_seed(seed)
         (w_rows * F.cross_entropy(m(x), y, reduction="none")).mean().backward()
         o.step()
     return float(objective(m).detach())
@@ -66,7 +76,9 @@ def _lookahead_meta_loss(model, opt, x, y, w_rows, objective, inner_steps=1):
 @pytest.mark.parametrize(
     "kind,meta_gradient,inner_steps",
     [("sgd", "forward", 1), ("sgd", "double_backward", 1), ("sgd_nesterov", "auto", 1),
-     ("adam", "double_backward", 1), ("sgd", "double_backward", 2)],
+     ("adam", "forward", 1), ("adam", "double_backward", 1), ("adamw_amsgrad", "forward", 1),
+     ("rmsprop", "forward", 1), ("rmsprop_centred", "forward", 1), ("adagrad", "forward", 1),
+     ("sgd", "double_backward", 2)],
 )
 def test_beta_meta_gradient_matches_finite_differences(kind, meta_gradient, inner_steps):
     model, opt, pool, target = _setup(kind)
@@ -75,7 +87,7 @@ def test_beta_meta_gradient_matches_finite_differences(kind, meta_gradient, inne
     with torch.no_grad():  # distinct concentrations per instance
         weights.log_alpha.copy_(torch.linspace(-0.5, 0.7, N, dtype=torch.float64))
         weights.log_beta.copy_(torch.linspace(0.4, -0.3, N, dtype=torch.float64))
-    meta = bw.MetaWeighter(model, weights, opt, objective, weight_lr=1.0, weight_momentum=0.0,
+    meta = bw.MetaWeighter(model, weights, opt, objective, weight_optimizer=raw(),
                            meta_gradient=meta_gradient, inner_steps=inner_steps)
     idx = torch.tensor([1, 5, 8])
     x, y = bw.rotate4(pool[idx])
@@ -85,7 +97,6 @@ def test_beta_meta_gradient_matches_finite_differences(kind, meta_gradient, inne
     w0 = weights.sample(idx).detach().numpy()
     torch.manual_seed(123)
     meta.backward(x, lambda out: F.cross_entropy(out, y, reduction="none"), idx)
-    # Plain SGD with lr 1 and no momentum: the parameter change is minus the gradient.
     grad_a = (before_a - weights.log_alpha.detach())[idx].numpy()
     grad_b = (before_b - weights.log_beta.detach())[idx].numpy()
 
@@ -113,11 +124,12 @@ def test_beta_meta_gradient_matches_finite_differences(kind, meta_gradient, inne
     assert rel <= 1e-4, (got, want, rel)
 
 
-def _one_meta_step(engine, meta_gradient, normalise=False, kind="sgd", weights_cls=None):
-    model, opt, pool, target = _setup(kind)
+def _one_meta_step(meta_gradient, normalise=False, kind="sgd", weights_cls=None, model=None,
+                   objective=None):
+    model, opt, pool, target = _setup(kind, model)
     weights = (weights_cls or bw.BetaWeights)(N).double()
-    meta = bw.MetaWeighter(model, weights, opt, _objective(target), weight_lr=1.0,
-                           weight_momentum=0.0, engine=engine, meta_gradient=meta_gradient,
+    meta = bw.MetaWeighter(model, weights, opt, objective or _objective(target),
+                           weight_optimizer=raw(), meta_gradient=meta_gradient,
                            normalise=normalise)
     before = [p.detach().clone() for p in weights.parameters()]
     idx = torch.tensor([0, 4, 9])
@@ -127,37 +139,92 @@ def _one_meta_step(engine, meta_gradient, normalise=False, kind="sgd", weights_c
     return torch.cat([(b - p.detach()) for b, p in zip(before, weights.parameters())])
 
 
+@pytest.mark.parametrize("kind", sorted(OPTIMIZERS))
+def test_forward_mode_equals_double_backward_for_every_elementwise_optimiser(kind):
+    ref = _one_meta_step("double_backward", kind=kind)
+    fast = _one_meta_step("forward", kind=kind)
+    assert ref.abs().max() > 1e-8
+    assert (fast - ref).abs().max() / ref.abs().max() <= 1e-9
+
+
 @pytest.mark.parametrize("normalise", [False, True])
 @pytest.mark.parametrize("weights_cls", [bw.BetaWeights, bw.PointWeights])
-def test_engines_agree(normalise, weights_cls):
-    ref = _one_meta_step("func", "double_backward", normalise, weights_cls=weights_cls)
-    fast = _one_meta_step("func", "forward", normalise, weights_cls=weights_cls)
-    via_higher = _one_meta_step("higher", "auto", normalise, weights_cls=weights_cls)
-    differences = _one_meta_step("func", "finite_difference", normalise, weights_cls=weights_cls)
-    assert ref.abs().max() > 1e-8
+def test_methods_agree(normalise, weights_cls):
+    ref = _one_meta_step("double_backward", normalise, weights_cls=weights_cls)
     scale = ref.abs().max()
-    assert (fast - ref).abs().max() / scale <= 1e-6
-    assert (via_higher - ref).abs().max() / scale <= 1e-6
-    assert (differences - ref).abs().max() / scale <= 1e-6  # float64: h ~ 6e-6
+    assert scale > 1e-8
+    for method in ("forward", "higher", "finite_difference"):
+        other = _one_meta_step(method, normalise, weights_cls=weights_cls)
+        assert (other - ref).abs().max() / scale <= 1e-6, method  # float64 FD: h ~ 6e-6
 
 
-def test_forward_mode_refuses_inexact_settings():
-    model, opt, pool, target = _setup("adam")
-    with pytest.raises(ValueError, match="needs an SGD optimiser"):
-        meta = bw.MetaWeighter(model, bw.BetaWeights(N).double(), opt, _objective(target),
-                               meta_gradient="forward")
-        x, y = bw.rotate4(pool[:2])
-        meta.backward(x, lambda out: F.cross_entropy(out, y, reduction="none"), [0, 1])
+class _DropoutNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = tiny_convnet()
+        self.drop = nn.Dropout(0.5)
+
+    def features(self, x):
+        return self.body.features(x)
+
+    def forward(self, x):
+        return self.body.head(self.drop(self.body.features(x)))
 
 
-def test_higher_engine_rejects_adamw():
-    model = tiny_convnet()
-    opt = torch.optim.AdamW(model.parameters())
-    meta = bw.MetaWeighter(model, bw.BetaWeights(N).double(), opt, _objective(labelled(8, 4)),
-                           engine="higher")
+@pytest.mark.parametrize("method", ["forward", "finite_difference"])
+def test_dropout_sees_the_training_forwards_masks(method):
+    """The second pass replays torch's random state, so it differentiates the same
+    function as the training forward: equal to the double backward."""
+    target = labelled(16, 4, seed=4)
+    x, y = target.tensors
+
+    def objective(model):  # in eval mode: the target's forward is deterministic
+        was = model.module.training
+        model.module.eval()
+        try:
+            return F.cross_entropy(model(x), y)
+        finally:
+            model.module.train(was)
+
+    torch.manual_seed(0)
+    ref = _one_meta_step("double_backward", model=_DropoutNet().double(), objective=objective)
+    torch.manual_seed(0)
+    other = _one_meta_step(method, model=_DropoutNet().double(), objective=objective)
+    assert ref.abs().max() > 1e-8
+    assert (other - ref).abs().max() / ref.abs().max() <= 1e-6
+
+
+def test_randomness_from_outside_torch_is_refused():
+    class NumpyNoise(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_convnet()
+            self.rng = np.random.default_rng(0)
+
+        def forward(self, x):
+            noise = torch.as_tensor(self.rng.normal(size=x.shape), dtype=x.dtype)
+            return self.net(x + noise)
+
+    model = NumpyNoise()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    meta = bw.MetaWeighter(model, bw.BetaWeights(N).double(), opt,
+                           _objective(labelled(8, 4)))
     x, y = bw.rotate4(images(2))
-    with pytest.raises(TypeError, match="AdamW"):
+    with pytest.raises(RuntimeError, match="not reproducible.*double_backward"):
         meta.backward(x, lambda out: F.cross_entropy(out, y, reduction="none"), [0, 1])
+
+
+def test_inexact_and_unsupported_combinations_are_refused_at_construction():
+    model, opt, pool, target = _setup("sgd")
+    weights, objective = bw.BetaWeights(N).double(), _objective(target)
+    with pytest.raises(ValueError, match="inner_steps=2 needs 'double_backward'"):
+        bw.MetaWeighter(model, weights, opt, objective, meta_gradient="forward", inner_steps=2)
+    adam = torch.optim.Adam(model.parameters())
+    with pytest.raises(ValueError, match="higher's Adam adds eps"):
+        bw.MetaWeighter(model, weights, adam, objective, meta_gradient="higher")
+    assert bw.MetaWeighter(model, weights, adam, objective).meta_gradient == "forward"
+    assert bw.MetaWeighter(model, weights, opt, objective,
+                           inner_steps=3).meta_gradient == "double_backward"
 
 
 def test_finite_difference_is_close_in_float32():
@@ -172,7 +239,7 @@ def test_finite_difference_is_close_in_float32():
         def objective(look, tx=tx, ty=ty):
             return F.cross_entropy(look(tx), ty)
 
-        meta = bw.MetaWeighter(m, weights, o, objective, weight_lr=1.0, weight_momentum=0.0,
+        meta = bw.MetaWeighter(m, weights, o, objective, weight_optimizer=raw(),
                                meta_gradient=method)
         idx = torch.tensor([0, 4, 9])
         xr, yr = bw.rotate4(pool[idx].float())

@@ -29,14 +29,12 @@ def _weighter(model, weights=None, **kw):
                            **kw), opt
 
 
-@pytest.mark.parametrize("engine,meta_gradient", [("func", "forward"), ("func", "double_backward"),
-                                                  ("higher", "auto")])
+@pytest.mark.parametrize("meta_gradient", ["forward", "finite_difference", "double_backward",
+                                           "higher"])
 @pytest.mark.parametrize("update_buffers", [True, False])
-def test_backward_leaves_model_and_grads_as_a_plain_backward(engine, meta_gradient,
-                                                             update_buffers):
+def test_backward_leaves_model_and_grads_as_a_plain_backward(meta_gradient, update_buffers):
     model = tiny_convnet()
-    meta, _ = _weighter(model, engine=engine, meta_gradient=meta_gradient,
-                        update_buffers=update_buffers)
+    meta, _ = _weighter(model, meta_gradient=meta_gradient, update_buffers=update_buffers)
     idx = torch.tensor([2, 3, 7])
     x, y = bw.rotate4(images(3, seed=5))
     reference = copy.deepcopy(model)
@@ -65,8 +63,19 @@ def test_backward_leaves_model_and_grads_as_a_plain_backward(engine, meta_gradie
     assert 0 < meta.last_mean_weight < 1
 
 
-def test_grads_accumulate_like_backward():
+def test_rule_needs_no_objective_and_runs_no_meta_step():
     model = tiny_convnet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    meta = bw.MetaWeighter(model, bw.RandomWeights(N, resample=True), opt)
+    x, y = bw.rotate4(images(2))
+    meta.backward(x, _ce(y), [0, 1])
+    assert meta.meta_steps == 0 and meta.calls == 1
+
+
+def test_grads_accumulate_like_backward_and_hooks_fire_once_per_call():
+    model = tiny_convnet()
+    calls = []
+    model.head.weight.register_hook(lambda g: calls.append(1))
     meta, _ = _weighter(model, weights=bw.UniformWeights(N))
     x, y = bw.rotate4(images(2))
     meta.backward(x, _ce(y), [0, 1])
@@ -74,6 +83,28 @@ def test_grads_accumulate_like_backward():
     meta.backward(x, _ce(y), [0, 1])
     for g1, p in zip(first, model.parameters()):
         torch.testing.assert_close(p.grad, 2 * g1)
+    learned, _ = _weighter(model)  # with a meta step: still one ordinary backward per call
+    learned.backward(x, _ce(y), [0, 1])
+    assert len(calls) == 3
+
+
+def test_meta_update_uses_this_calls_gradient_not_the_accumulated_one():
+    """With gradients already in .grad (accumulation), the look-ahead steps with this call's
+    gradient only: the weight update equals the one from a clean .grad."""
+    def update(pre_existing):
+        model = tiny_convnet()
+        meta, _ = _weighter(model, weight_optimizer=bw.WeightOptimizer(lr=1.0,
+                                                                        normalise=False))
+        if pre_existing:
+            for p in model.parameters():
+                p.grad = torch.randn_like(p)
+        x, y = bw.rotate4(images(3, seed=5))
+        before = meta.weights.log_alpha.detach().clone()
+        torch.manual_seed(0)
+        meta.backward(x, _ce(y), [1, 2, 3])
+        return meta.weights.log_alpha.detach() - before
+
+    torch.testing.assert_close(update(True), update(False), rtol=1e-10, atol=1e-12)
 
 
 def test_every_k_runs_the_meta_update_on_every_kth_call_only():
@@ -128,7 +159,8 @@ def test_thousand_steps_at_huge_weight_lr_stay_finite_and_leak_nothing():
     target = torch.utils.data.TensorDataset(torch.randn(40, 6), torch.arange(40) % 4)
     weights = bw.BetaWeights(64)
     meta = bw.MetaWeighter(model, weights, opt, bw.ClassificationLoss(batch_size=16),
-                           target=target, weight_lr=1e3)
+                           target=target,
+                           weight_optimizer=bw.WeightOptimizer(lr=1e3, normalise=False))
     pool = torch.randn(64, 6)
     labels = torch.randint(0, 4, (64,))
     g = torch.Generator().manual_seed(0)
@@ -155,11 +187,16 @@ def test_thousand_steps_at_huge_weight_lr_stay_finite_and_leak_nothing():
 
 
 # --- bad input: one clear error each -------------------------------------------------------
-def test_indices_length_must_divide_the_batch():
+def test_indices_length_must_match_the_batch():
     meta, _ = _weighter(tiny_convnet())
     x, y = bw.rotate4(images(3))
     with pytest.raises(ValueError, match="12 rows but indices has 5"):
         meta.backward(x, _ce(y), torch.arange(5))
+    for wrong in (6, 12):  # 2B and 4B indices for a 4B-row batch: a multiple, still wrong
+        with pytest.raises(ValueError, match=rf"{wrong} indices x 4 copies"):
+            meta.backward(x, _ce(y), torch.arange(wrong) % N, copies=4)
+    with pytest.raises(ValueError, match="copies must be a positive integer"):
+        meta.backward(x, _ce(y), torch.arange(3), copies=0)
 
 
 def test_model_output_with_wrong_batch_size():
@@ -176,8 +213,9 @@ def test_model_output_with_wrong_batch_size():
     meta = bw.MetaWeighter(model, bw.BetaWeights(N).double(), opt,
                            lambda m: m.params["lin.bias"].sum())
     x, y = bw.rotate4(images(2))
+    # checked before the loss runs: the user's loss would fail first with a torch error
     with pytest.raises(ValueError, match=r"output of shape \(7, 4\) for a batch of 8"):
-        meta.backward(x, _ce(y[:-1]), [0, 1])
+        meta.backward(x, _ce(y), [0, 1])
 
 
 def test_scalar_per_sample_loss():
@@ -201,8 +239,31 @@ def test_objective_without_target_data():
         bw.MetaWeighter(model, bw.BetaWeights(N), opt, bw.PrototypicalLoss(2, 1, 1))
 
 
-def test_unsupported_model_optimizer_fails_at_construction():
+def test_bad_combinations_fail_at_construction():
     model = tiny_convnet()
-    with pytest.raises(TypeError, match="RMSprop"):
-        bw.MetaWeighter(model, bw.BetaWeights(N), torch.optim.RMSprop(model.parameters()),
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    objective = bw.PrototypicalLoss(3, 2, 2)
+    target = labelled(24, 3, seed=2)
+
+    def fails(error, match, weights=None, **kw):
+        with pytest.raises(error, match=match):
+            bw.MetaWeighter(model, weights if weights is not None else bw.BetaWeights(N), opt,
+                            objective, target=target, **kw)
+
+    with pytest.raises(TypeError, match="Rprop"):
+        bw.MetaWeighter(model, bw.BetaWeights(N), torch.optim.Rprop(model.parameters()),
                         lambda m: torch.zeros(()))
+    fails(ValueError, "meta_gradient must be one of", meta_gradient="reverse")
+    fails(ValueError, "precision must be one of", precision="fp8")
+    fails(ValueError, "needs a GradScaler", precision="fp16")
+    fails(ValueError, "full precision only", precision="bf16", meta_gradient="double_backward")
+    fails(ValueError, "every must be an integer", every=0)
+    fails(ValueError, "needs every=1", weights=bw.L2RW(N), every=2)
+    fails(ValueError, "normalise=False", weights=bw.L2RW(N), normalise=True)
+    fails(ValueError, "nothing to optimise", weights=bw.UniformWeights(N),
+          weight_optimizer=bw.WeightOptimizer())
+    fails(TypeError, "must be a betaweighter.WeightOptimizer", weight_optimizer="sgd")
+    fails(TypeError, "weighting method", weights=torch.ones(N))
+    with pytest.raises(TypeError, match="objective must be callable"):
+        bw.MetaWeighter(model, bw.BetaWeights(N), opt)
+    bw.MetaWeighter(model, bw.UniformWeights(N), opt)  # a rule without meta needs nothing

@@ -49,8 +49,9 @@ def _loop(weights, steps, model=None, opt=None, meta_state=None, seed=0):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).double()
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    learned = isinstance(weights, bw.LearnedWeights)
     meta = bw.MetaWeighter(model, weights, opt, bw.ClassificationLoss(16), target=TARGET,
-                           weight_lr=0.5)
+                           weight_optimizer=bw.WeightOptimizer(lr=0.5) if learned else None)
     if meta_state is not None:
         meta.load_state_dict(meta_state)
     g = torch.Generator().manual_seed(seed)

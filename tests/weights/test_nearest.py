@@ -38,7 +38,7 @@ def test_exact_copy_gets_weight_one_and_weight_decays_with_distance(backend):
     torch.testing.assert_close(weights, torch.exp(-k * dist))
     assert weights[0] == 1.0 and weights[-1] == 1.0
     assert (weights[:6].diff() < 0).all()
-    torch.testing.assert_close(w.sample(torch.tensor([3, 0])), weights[[3, 0]])
+    torch.testing.assert_close(w.weights(torch.tensor([3, 0])), weights[[3, 0]])
     torch.testing.assert_close(w.std(), torch.zeros_like(weights))
 
 
@@ -98,7 +98,7 @@ def test_clear_errors():
     pool, target, _ = _pool_and_target()
     w = bw.NearestNeighbourWeights(len(pool))
     with pytest.raises(RuntimeError, match=r"fit\(pool, target\)"):
-        w.sample(torch.tensor([0]))
+        w.weights(torch.tensor([0]))
     with pytest.raises(ValueError, match="7 instances"):
         bw.NearestNeighbourWeights(7).fit(pool[:3], target)
     with pytest.raises(ValueError, match="model=model"):

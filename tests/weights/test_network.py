@@ -40,11 +40,14 @@ def test_mean_uses_each_instances_last_loss_and_imputes_the_unseen():
     torch.manual_seed(0)
     w = bw.WeightNet(4, hidden=8)
     torch.nn.init.normal_(w.net[2].weight)
-    w.sample(torch.tensor([0, 1]), losses=torch.tensor([0.5, 2.0]))
-    w.sample(torch.tensor([0]), losses=torch.tensor([1.0]))
+    w.observe(torch.tensor([0, 1]), torch.tensor([0.5, 2.0]))
+    w.observe(torch.tensor([0]), torch.tensor([1.0]))
     expected = w.weight_of(torch.tensor([1.0, 2.0, 1.5, 1.5])).detach()  # unseen: mean loss
     torch.testing.assert_close(w.mean(), expected)
     torch.testing.assert_close(w.sample(torch.tensor([1, 2])).detach(), expected[1:3])
+    before = w.mean()
+    w.sample(torch.tensor([1]), losses=torch.tensor([9.0]))  # sampling records nothing
+    torch.testing.assert_close(w.mean(), before)
     torch.testing.assert_close(w.std(), torch.zeros(4))
     torch.testing.assert_close(w.cdf(float(expected[0])), (expected <= expected[0]).float())
 

@@ -32,11 +32,9 @@ def test_point_weights_reject_bad_init():
         bw.PointWeights(3, init=1.5)
 
 
-def test_uniform_weights_are_ones_and_not_learnable():
+def test_uniform_weights_are_a_rule_of_ones():
     w = bw.UniformWeights(5)
-    assert not w.learnable and len(list(w.parameters())) == 0
-    torch.testing.assert_close(w.sample(torch.tensor([1, 4])), torch.ones(2))
+    assert isinstance(w, bw.WeightRule) and len(list(w.parameters())) == 0
+    torch.testing.assert_close(w.weights(torch.tensor([1, 4])), torch.ones(2))
     torch.testing.assert_close(w.mean(), torch.ones(5))
     torch.testing.assert_close(w.cdf(0.5), torch.zeros(5))
-    w2 = bw.UniformWeights(5)
-    w2.load_state_dict(w.state_dict())

@@ -27,12 +27,12 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from betaweighter.data.bundle import DataBundle
 from betaweighter.data.cache import memoize_json
-from betaweighter.data.errors import CorruptDatasetError, DatasetNotFoundError
 from betaweighter.data.images import read_image
 from betaweighter.data.indexed import Indexed
 from betaweighter.data.splits import SplitsArg, resolve_splits, stratified_split
 from betaweighter.data.transforms import channel_stats, eval_transform, train_transform
 from betaweighter.data.views import Transformed
+from betaweighter.errors import CorruptDatasetError, DatasetNotFoundError
 
 DOMAINS = ("aircraft", "cifar100", "daimlerpedcls", "dtd", "gtsrb", "imagenet12", "omniglot",
            "svhn", "ucf101", "vgg-flowers")

@@ -13,6 +13,7 @@ instances were digits. It builds in about a second and is cached as one small .n
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import warnings
@@ -28,6 +29,7 @@ from betaweighter.data.bundle import DataBundle
 from betaweighter.data.cache import cache_dir as resolve_cache_dir
 from betaweighter.data.indexed import Indexed
 from betaweighter.data.splits import stratified_split
+from betaweighter.io import atomic_write_bytes
 
 DEMO_VERSION = 2
 _ARRAYS = ("pool", "in_domain", "digits", "labels", "digits_pool", "val_train", "val_test",
@@ -150,6 +152,6 @@ def _load(file: Path) -> dict[str, np.ndarray] | None:
 
 
 def _save(file: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = file.with_name(f"{file.stem}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, file)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(file, buffer.getvalue())

@@ -6,21 +6,23 @@ the pool may use it too, or be any tree of image files (labels are never read fr
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import find_classes, make_dataset
+from torchvision.datasets.folder import make_dataset
 
 from betaweighter.data.bundle import DataBundle
-from betaweighter.data.errors import DatasetNotFoundError
 from betaweighter.data.images import IMAGE_EXTENSIONS, read_image
 from betaweighter.data.indexed import Indexed
 from betaweighter.data.splits import SplitsArg, resolve_splits, stratified_split
 from betaweighter.data.transforms import channel_stats, eval_transform, train_transform
 from betaweighter.data.views import Transformed
+from betaweighter.errors import DataError, DatasetNotFoundError
 
 HOW = "Point it at a folder of images (for a labelled set: one sub-folder per class)."
 
@@ -28,34 +30,59 @@ HOW = "Point it at a folder of images (for a labelled set: one sub-folder per cl
 class FolderRaw(Dataset):
     """Images under `root`: yields ``(uint8 tensor (3, H, W), label)``.
 
-    ``labelled=True`` reads the ImageFolder layout (``classes``, ``targets`` as torchvision
-    defines them); ``labelled=False`` takes every image file in the tree, sorted by path,
-    with label -1.
+    ``labelled=True`` reads the ImageFolder layout: one sub-folder per class, labels by the
+    sorted folder names, or, with `classes`, by that list (folder ``root/<classes[k]>`` has
+    label k; a class without a folder or images is allowed, a folder outside the list is
+    an error). ``labelled=False`` takes every image file in the tree, sorted by path, with
+    label -1. A file that cannot be decoded raises `CorruptDatasetError` naming it.
     """
 
-    def __init__(self, root: str | os.PathLike, labelled: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike, labelled: bool = True,
+                 classes: Sequence[str] | None = None) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DatasetNotFoundError("image folder", self.root, HOW)
         if labelled:
-            try:
-                self.classes, class_to_idx = find_classes(str(self.root))
-                samples = make_dataset(str(self.root), class_to_idx, IMAGE_EXTENSIONS)
-            except FileNotFoundError as err:  # no class folders, or an empty one
-                raise DatasetNotFoundError("labelled images", self.root / "<class>" / "*.jpg",
-                                           f"{HOW} ({err})") from err
+            found = _class_folders(self.root)
+            if classes is None:
+                if not found:
+                    raise DataError(f"{self.root} has no class sub-folders. {HOW}")
+                self.classes = found
+            else:
+                self.classes = list(classes)
+                extra = sorted(set(found) - set(self.classes))
+                if extra:
+                    raise DataError(f"{self.root}: class folders {extra} are not among the "
+                                    f"{len(self.classes)} classes of the training split; "
+                                    "add them there or remove them")
+            class_to_idx = {c: i for i, c in enumerate(self.classes)}
+            samples = make_dataset(str(self.root), class_to_idx, IMAGE_EXTENSIONS,
+                                   allow_empty=True)
             self.files = [Path(p) for p, _ in samples]
             self.targets: np.ndarray | None = np.asarray([c for _, c in samples], np.int64)
+            if classes is None:
+                empty = [c for k, c in enumerate(self.classes) if not (self.targets == k).any()]
+                if empty:
+                    raise DataError(f"{self.root}: class folders {empty} hold no images; add "
+                                    "images or remove those folders")
         else:
             self.classes = []
             self.files = sorted(p for p in self.root.rglob("*")
                                 if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
             self.targets = None
-        if not self.files:
+        if not self.files and classes is None:
             raise DatasetNotFoundError("images", self.root / "*" / "*.jpg", HOW)
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def fingerprint(self) -> str:
+        """A digest of the file list, sizes and labels (for feature caches)."""
+        h = hashlib.sha256(str(self.root.resolve()).encode())
+        labels = self.targets if self.targets is not None else [-1] * len(self.files)
+        for path, label in zip(self.files, labels):
+            h.update(f"{path}\0{path.stat().st_size}\0{int(label)}\n".encode())
+        return h.hexdigest()
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         label = -1 if self.targets is None else int(self.targets[i])
@@ -122,3 +149,8 @@ def image_folders(
               "test_root": None if test_root is None else str(test_root),
               "resize": resize, "crop": crop, "mean": list(mean), "std": list(std)},
     )
+
+
+def _class_folders(root: Path) -> list[str]:
+    """Sorted names of the sub-folders of `root` (hidden ones skipped)."""
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))

@@ -24,11 +24,11 @@ from torch.utils.data import Dataset
 
 from betaweighter.data.bundle import DataBundle
 from betaweighter.data.cache import memoize_json
-from betaweighter.data.errors import CorruptDatasetError, DatasetNotFoundError
 from betaweighter.data.indexed import Indexed
 from betaweighter.data.splits import SplitsArg, resolve_splits, stratified_split
 from betaweighter.data.transforms import channel_stats, eval_transform, train_transform
 from betaweighter.data.views import Transformed
+from betaweighter.errors import CorruptDatasetError, DatasetNotFoundError
 
 IMAGE_SHAPE = (3, 96, 96)
 IMAGE_BYTES = 3 * 96 * 96

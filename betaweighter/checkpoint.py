@@ -1,0 +1,151 @@
+"""Checkpoint files: written atomically, read safely, every failure a `CheckpointError`.
+
+A checkpoint is a ``torch.save``'d dict of tensors and plain Python values (numbers,
+strings, lists, dicts), so it loads with ``torch.load(weights_only=True)``: reading one
+never runs pickled code. NumPy arrays are stored as tensors with their dtype (`to_plain`)
+and come back as arrays (`from_plain`). The keys ``model`` (a backbone's state dict),
+``model_config`` (the keyword arguments of `betaweighter.models.build_model`) and
+``data_config`` (image size and normalisation the backbone was trained with) are the
+contract the evaluators rely on; a run checkpoint adds everything ``--resume`` needs.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from betaweighter.errors import CheckpointError
+from betaweighter.io import atomic_write_bytes
+
+__all__ = ["CHECKPOINT_NAMES", "FORMAT_VERSION", "from_plain", "read_checkpoint",
+           "resolve_checkpoint", "rng_state", "save_checkpoint", "set_rng_state", "to_plain"]
+
+FORMAT_VERSION = 2
+CHECKPOINT_NAMES = ("best.pt", "last.pt")
+
+
+def to_plain(obj: Any) -> Any:
+    """Replace numpy arrays and scalars by tensors and Python numbers (recursively)."""
+    if isinstance(obj, np.ndarray):
+        kind = np.int64 if obj.dtype.kind in "iu" else obj.dtype
+        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(obj).astype(kind)),
+                "dtype": obj.dtype.str}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_plain(v) for v in obj)
+    return obj
+
+
+def from_plain(obj: Any) -> Any:
+    """Undo `to_plain`."""
+    if isinstance(obj, dict):
+        if "__ndarray__" in obj and "dtype" in obj:
+            return obj["__ndarray__"].numpy().astype(np.dtype(obj["dtype"]))
+        return {k: from_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(from_plain(v) for v in obj)
+    return obj
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Atomically write `state` (plus the format version) to `path`."""
+    buffer = io.BytesIO()
+    torch.save(to_plain({"format_version": FORMAT_VERSION, **state}), buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_checkpoint(path: str | Path, require: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The dict stored in checkpoint file `path`, on the CPU, with NumPy arrays restored.
+
+    Raises `CheckpointError` naming the file when it is missing, is not a torch archive
+    (random bytes, text, a truncated copy), holds pickled objects a safe load refuses, or
+    lacks one of the keys in `require`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; give a .pt file or a run "
+                              "directory's path to the commands that take one")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {path} is not a torch checkpoint (not a torch.save "
+                              "archive): it is truncated or another kind of file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err).lower():
+            raise CheckpointError(
+                f"checkpoint {path} holds Python objects other than tensors and plain "
+                "containers, which a safe load refuses; betaweighter checkpoints hold only "
+                "tensors, numbers, strings, lists and dicts") from None
+        raise CheckpointError(_corrupt(path, err)) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError,
+            IndexError, TypeError, AttributeError) as err:
+        raise CheckpointError(_corrupt(path, err)) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not the dict "
+                              "betaweighter writes")
+    missing = [k for k in require if k not in obj]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing} (it has "
+                              f"{sorted(map(str, obj))}); it was not written by betaweighter "
+                              "or by a version that stored other things")
+    return from_plain(obj)
+
+
+def _corrupt(path: Path, err: BaseException) -> str:
+    return (f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); the file is "
+            "damaged: restore it from a copy")
+
+
+def resolve_checkpoint(path_or_run_dir: str | Path, which: str | None = None) -> Path:
+    """The checkpoint file that `path_or_run_dir` designates.
+
+    A file is returned as is. A directory (a run directory or its ``checkpoints`` folder) is
+    searched for ``which`` (``"best"`` or ``"last"``) or, when None, ``best.pt`` then
+    ``last.pt``.
+    """
+    path = Path(path_or_run_dir).expanduser()
+    if path.is_file():
+        return path
+    names = CHECKPOINT_NAMES if which is None else (f"{which}.pt",)
+    if path.is_dir():
+        for folder in (path / "checkpoints", path):
+            for name in names:
+                if (folder / name).is_file():
+                    return folder / name
+        raise CheckpointError(
+            f"no checkpoint in {path}: expected {path / 'checkpoints' / names[0]}. Pass a run "
+            "directory written by `betaweighter run`, or the checkpoint file itself.")
+    raise CheckpointError(f"checkpoint {path} does not exist; check the path (a .pt file or a "
+                          "run directory)")
+
+
+def rng_state() -> dict[str, Any]:
+    """The Python, NumPy, torch (and CUDA) random states, for exact resumption."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),  # noqa: NPY002
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]) if isinstance(py, (list, tuple)) else py)
+    np.random.set_state(tuple(state["numpy"]) if isinstance(state["numpy"], list)  # noqa: NPY002
+                        else state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

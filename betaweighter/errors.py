@@ -1,0 +1,67 @@
+"""The errors a user can fix, all under one base class.
+
+Every error here carries a message that names the thing at fault (a config key, a file, a
+run directory) and says how to fix it. The command line prints such an error as one
+``betaweighter: error: ...`` line and exits with status 2; anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "BetaweighterError",
+    "CheckpointError",
+    "ConfigError",
+    "CorruptDatasetError",
+    "DataError",
+    "DatasetNotFoundError",
+    "NonFiniteLossError",
+    "RunLockedError",
+]
+
+
+class BetaweighterError(Exception):
+    """Base class of every error whose message tells the user what to change."""
+
+
+class ConfigError(BetaweighterError, ValueError):
+    """A config problem: unknown key, wrong type, out-of-range value, a device that is not
+    there. The message names the dotted key and what is allowed."""
+
+
+class CheckpointError(BetaweighterError, ValueError):
+    """A checkpoint or run directory that cannot be found, read or matched to its model."""
+
+
+class DatasetNotFoundError(BetaweighterError, FileNotFoundError):
+    """A dataset file or folder is missing. The message names the expected path and how to
+    obtain the data; nothing is ever downloaded unless the user asks for it."""
+
+    def __init__(self, name: str, path: str | Path, how: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"{name} not found: expected {self.path}. {how}")
+
+
+class CorruptDatasetError(BetaweighterError, ValueError):
+    """A dataset file exists but cannot be what it claims (truncated, wrong size, labels out
+    of range, an undecodable image). Raised instead of returning garbage."""
+
+    def __init__(self, path: str | Path, problem: str, how: str = "") -> None:
+        self.path = Path(path)
+        tail = f" {how}" if how else ""
+        super().__init__(f"{self.path}: {problem}.{tail}")
+
+
+class DataError(BetaweighterError, ValueError):
+    """Data that exists and reads fine but cannot serve the task asked of it: an empty class
+    folder, too few classes for an episode, a test class the training split lacks."""
+
+
+class NonFiniteLossError(BetaweighterError, FloatingPointError):
+    """The training loss became NaN or infinite; the message names the epoch and step."""
+
+
+class RunLockedError(BetaweighterError):
+    """Another process is writing to the same run directory."""

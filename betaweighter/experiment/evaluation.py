@@ -1,0 +1,219 @@
+"""``betaweighter evaluate``: one transfer task on one checkpoint, configured by the
+``evaluate.<task>`` section of the config schema, the result written beside the checkpoint.
+
+The image size and normalisation default to what the checkpoint was pre-trained with (its
+``data_config``), so a backbone trained on 84 px STL-10 crops is evaluated on 84 px inputs
+normalised the same way; a task section can override them. Relative data paths in a
+config file are relative to that file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sklearn
+import torch
+import torchvision
+
+from betaweighter.checkpoint import resolve_checkpoint
+from betaweighter.data.detection import DetectionDataset, concat_detection, load_coco, load_voc
+from betaweighter.data.labelled import labelled_folder_splits, pooled_folders
+from betaweighter.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from betaweighter.errors import ConfigError
+from betaweighter.evaluate.detection import evaluate_detection, resnet_trunk
+from betaweighter.evaluate.features import extract_features
+from betaweighter.evaluate.fewshot import Episodes, fit_fewshot, make_episodes
+from betaweighter.evaluate.finetune import evaluate_finetune
+from betaweighter.evaluate.linear import linear_probe
+from betaweighter.experiment.config import Config, load_config
+from betaweighter.io import write_json
+from betaweighter.models import Backbone, load_backbone
+from betaweighter.runtime import resolve_device
+
+__all__ = ["TASKS", "evaluate_checkpoint", "result_path"]
+
+TASKS = ("linear", "fewshot", "finetune", "detection")
+DEFAULT_IMAGE_SIZE = 224
+
+
+def result_path(checkpoint: str | Path, task: str) -> Path:
+    """Where `evaluate_checkpoint` writes the result of `task` for this checkpoint or run."""
+    return resolve_checkpoint(checkpoint).parent / f"eval_{task}.json"
+
+
+def evaluate_checkpoint(path_or_run_dir: str | Path, task: str,
+                        config: str | Path | Config | None = None,
+                        overrides: list[str] | None = None,
+                        device: str | torch.device | None = None) -> dict[str, Any]:
+    """Run transfer task `task` on the backbone of a checkpoint (a run directory means its
+    ``best.pt``, else ``last.pt``) and write ``eval_<task>.json`` beside it. Returns the
+    payload: ``task``, ``checkpoint``, ``result``, the resolved task ``config``,
+    ``device``, ``seconds`` and library ``versions``."""
+    if task not in TASKS:
+        raise ConfigError(f"unknown evaluation task {task!r}; choose one of {TASKS}")
+    cfg = config if isinstance(config, Config) else load_config(config, overrides)
+    options = dataclasses.asdict(getattr(cfg.evaluate, task))
+    _check_data(task, options["data"])
+    checkpoint = resolve_checkpoint(path_or_run_dir)
+    device = resolve_device(device, key="--device")
+    start = time.perf_counter()
+    model = load_backbone(checkpoint, device)
+    _fill_input_defaults(options, model.data_config)
+    result = _TASKS[task](model, options, checkpoint.parent, device)
+    payload = {
+        "task": task, "checkpoint": str(checkpoint), "result": result, "config": options,
+        "device": str(device), "seconds": time.perf_counter() - start,
+        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
+                     "scikit-learn": sklearn.__version__, "numpy": np.__version__},
+    }
+    write_json(checkpoint.parent / f"eval_{task}.json", payload)
+    return payload
+
+
+def _fill_input_defaults(options: dict[str, Any], data_config: dict[str, Any] | None) -> None:
+    trained = data_config or {}
+    for key, fallback in (("image_size", DEFAULT_IMAGE_SIZE), ("mean", list(IMAGENET_MEAN)),
+                          ("std", list(IMAGENET_STD))):
+        if key in options and options[key] is None:
+            options[key] = trained.get(key, fallback)
+    for key in ("mean", "std"):
+        if options.get(key) is not None and len(options[key]) != 3:
+            raise ConfigError(f"config key 'evaluate.*.{key}': needs 3 values (one per "
+                              f"channel), got {options[key]}")
+
+
+def _check_data(task: str, data: dict[str, Any]) -> None:
+    key = f"evaluate.{task}.data"
+    if task == "detection":
+        for split in ("train", "test"):
+            if not data.get(split):
+                raise ConfigError(
+                    f"config key '{key}.{split}' is required: a source {{format: coco, images: "
+                    "DIR, annotations: FILE.json}} or {format: voc, root: VOCdevkit/VOC2007, "
+                    "split: trainval} (train may list several)")
+            sources = data[split] if isinstance(data[split], list) else [data[split]]
+            for source in sources:
+                _check_source(source, f"{key}.{split}")
+        return
+    needed = ("train", "test") if task != "fewshot" else ()
+    for split in needed:
+        if data.get(split) is None:
+            raise ConfigError(f"config key '{key}.{split}' is required for the {task} task: "
+                              "an ImageFolder root (one sub-folder of images per class)")
+    if task == "fewshot" and not any(data.get(s) for s in ("train", "val", "test")):
+        raise ConfigError(f"config key '{key}': the fewshot task needs at least one of train, "
+                          "val, test (ImageFolder roots; their images are pooled)")
+
+
+def _inputs(o: dict[str, Any]) -> dict[str, Any]:
+    return {"image_size": o["image_size"], "mean": o["mean"], "std": o["std"]}
+
+
+def _splits(o: dict[str, Any]) -> dict[str, Any]:
+    d = o["data"]
+    return labelled_folder_splits(d["train"], d["test"], d["val"], val_fraction=d["val_fraction"],
+                                  seed=o["seed"], **_inputs(o))
+
+
+def _linear(model: Backbone, o: dict[str, Any], folder: Path,
+            device: torch.device) -> dict[str, Any]:
+    s = _splits(o)
+    result = linear_probe(model, s["train"], s["val"], s["test"], batch_size=o["batch_size"],
+                          num_workers=o["num_workers"], device=device,
+                          cache_dir=folder / "feature_cache" if o["cache_features"] else None,
+                          c_values=o["c_values"], metric=o["metric"], max_iter=o["max_iter"],
+                          standardize=o["standardize"], calibration_bins=o["calibration_bins"])
+    return {**result, "data": s["report"], "classes": s["classes"]}
+
+
+def _fewshot(model: Backbone, o: dict[str, Any], folder: Path,
+             device: torch.device) -> dict[str, Any]:
+    d = o["data"]
+    roots = [d[s] for s in o["splits"] if d[s] is not None]
+    if not roots:
+        raise ConfigError(f"config key 'evaluate.fewshot.splits': none of {o['splits']} has a "
+                          "folder in evaluate.fewshot.data")
+    pool, classes = pooled_folders(roots, **_inputs(o))
+    features, labels = extract_features(
+        model, pool, batch_size=o["batch_size"], num_workers=o["num_workers"], device=device,
+        cache_dir=folder / "feature_cache" if o["cache_features"] else None, name="fewshot")
+    file = Path(o["episodes_file"]) if o["episodes_file"] else None
+    if file is not None and file.is_file():
+        episodes = Episodes.load(file)
+    else:
+        episodes = make_episodes(labels, o["way"], o["shot"], o["query"], o["episodes"],
+                                 o["seed"])
+        if file is not None:
+            episodes.save(file)
+    result = fit_fewshot(features, labels, episodes, classifier=o["classifier"],
+                         logistic_c=o["logistic_c"], feature_norm=o["feature_norm"])
+    return {**result, "pool_images": int(labels.size), "pool_classes": len(classes)}
+
+
+def _finetune(model: Backbone, o: dict[str, Any], folder: Path,
+              device: torch.device) -> dict[str, Any]:
+    s = _splits(o)
+    result = evaluate_finetune(
+        model, s["train_augmented"], s["val"], s["test"], num_classes=len(s["classes"]),
+        lrs=o["lrs"], weight_decays=o["weight_decays"], steps=o["steps"],
+        optimizer=o["optimizer"], batch_size=o["batch_size"], momentum=o["momentum"],
+        metric=o["metric"], refit=o["refit"], trainval_set=s["trainval_augmented"],
+        num_workers=o["num_workers"], device=device, seed=o["seed"])
+    return {**result, "data": s["report"], "classes": s["classes"]}
+
+
+def _detection(model: Backbone, o: dict[str, Any], folder: Path,
+               device: torch.device) -> dict[str, Any]:
+    try:
+        resnet_trunk(model)
+    except TypeError as e:
+        raise ConfigError(f"--task detection: {e}") from None
+    d = o["data"]
+    train_sources = d["train"] if isinstance(d["train"], list) else [d["train"]]
+    test_sources = d["test"] if isinstance(d["test"], list) else [d["test"]]
+    first = _load_source(train_sources[0], None, d["on_bad_box"], o["hflip"])
+    train = concat_detection([first] + [_load_source(s, first.classes, d["on_bad_box"],
+                                                     o["hflip"]) for s in train_sources[1:]])
+    test = concat_detection([_load_source(s, train.classes, d["on_bad_box"], False)
+                             for s in test_sources])
+    return evaluate_detection(
+        model, train, test, trainable_layers=o["trainable_layers"], images=o["images"],
+        batch_size=o["batch_size"], min_size=o["min_size"], max_size=o["max_size"],
+        image_mean=o["mean"], image_std=o["std"], score_threshold=o["score_threshold"],
+        detections_per_image=o["detections_per_image"], num_workers=o["num_workers"],
+        device=device, seed=o["seed"], lr=o["lr"], momentum=o["momentum"],
+        weight_decay=o["weight_decay"], warmup_images=o["warmup_images"],
+        lr_steps=o["lr_steps"])
+
+
+def _check_source(source: Any, key: str) -> None:
+    fmt = source.get("format") if isinstance(source, dict) else None
+    needed = {"coco": ("images", "annotations"), "voc": ("root",)}.get(fmt)
+    if needed is None:
+        raise ConfigError(f"config key '{key}': each source needs format: coco or voc, got "
+                          f"{source!r}")
+    allowed = set(needed) | {"format", "split"}
+    extra = sorted(set(source) - allowed)
+    missing = [k for k in needed if not source.get(k)]
+    if extra or missing:
+        raise ConfigError(f"config key '{key}' ({fmt}): "
+                          + (f"unknown keys {extra}; " if extra else "")
+                          + (f"missing {missing}; " if missing else "")
+                          + f"a {fmt} source takes {sorted(allowed)}")
+
+
+def _load_source(source: dict[str, Any], classes: list[str] | None, on_bad_box: str,
+                 hflip: bool) -> DetectionDataset:
+    if source["format"] == "coco":
+        return load_coco(source["images"], source["annotations"], classes=classes,
+                         on_bad_box=on_bad_box, hflip=hflip)
+    return load_voc(source["root"], source.get("split", "trainval"), classes=classes,
+                    on_bad_box=on_bad_box, hflip=hflip)
+
+
+_TASKS = {"linear": _linear, "fewshot": _fewshot, "finetune": _finetune,
+          "detection": _detection}

@@ -1,0 +1,36 @@
+"""Read a run's per-instance weights from its files, without building its data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from betaweighter.errors import CheckpointError
+from betaweighter.experiment.diagnostics import verdict, weights_table
+from betaweighter.experiment.factory import build_weights
+from betaweighter.experiment.rundir import RunDir
+
+__all__ = ["read_weights"]
+
+
+def read_weights(run_dir: str | Path, which: str = "last") -> tuple[str, str]:
+    """(weights.csv text, verdict sentence) of a run at its `which` checkpoint."""
+    run = RunDir(run_dir)
+    cfg = run.config()
+    state = run.state(which)
+    n = int(state.get("num_instances", 0))
+    weights = build_weights(cfg, n)
+    try:
+        weights.load_state_dict(state["weights"])
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{run.checkpoint_path(which)}: the saved weights do not fit "
+                              f"the run's weighting method ({str(e).splitlines()[0]})") from None
+    pruner = state.get("pruner")
+    pruned = (np.asarray(torch.as_tensor(pruner["pruned"]).numpy(), bool) if pruner
+              else np.zeros(n, bool))
+    optimizer = (state.get("meta") or {}).get("weight_optimizer")
+    visits = torch.as_tensor(optimizer["visits"]) if optimizer else None
+    return (weights_table(weights, pruned),
+            verdict(weights, visits, cfg.pruning.epsilon, cfg.pruning.delta))

@@ -1,0 +1,86 @@
+"""Atomic file writes and JSON that is always valid.
+
+Every file betaweighter writes goes through `atomic_write_bytes`: the bytes go to a
+temporary file in the same folder, are flushed to disk, and the temporary file is renamed
+over the target. A crash leaves the old file or the new one, never half of one. The file
+gets the permissions a plain ``open(path, "w")`` would give it (0666 minus the umask), not
+the 0600 of a temporary file.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "jsonable", "save_array", "write_json"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """`atomic_write_bytes` for UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def jsonable(value: Any) -> Any:
+    """`value` with NumPy scalars/arrays, tensors and paths turned into JSON types and
+    non-finite floats into ``None`` (strict JSON has no NaN)."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return jsonable(value.detach().cpu().tolist())
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str | os.PathLike, payload: Any, indent: int | None = 2) -> Path:
+    """Write `payload` as strict JSON (NaN and infinity become null), atomically."""
+    text = json.dumps(jsonable(payload), indent=indent, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def save_array(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Write a NumPy array in ``.npy`` format, atomically."""
+    buffer = _io.BytesIO()
+    np.save(buffer, np.asarray(array))
+    return atomic_write_bytes(path, buffer.getvalue())

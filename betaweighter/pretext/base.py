@@ -1,0 +1,48 @@
+"""The interface of a self-supervised task, as the trainer and `MetaWeighter` use it.
+
+A `Pretext` is an `nn.Module` holding the trainable network: the backbone and the task's
+heads. Its ``forward`` maps the task's inputs to what the per-sample loss reads, so it is
+the model handed to `MetaWeighter` and to the optimiser. `batch` turns a batch of pool
+images into a `PretextBatch`: the inputs, a per-row loss and the number of rows per
+instance (``copies``: 4 rotations, 2 views, 1). Anything the task keeps outside the
+gradient (a momentum encoder, a queue of negatives) is updated in `after_step`, which the
+training loop calls after ``optimizer.step()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+__all__ = ["Pretext", "PretextBatch"]
+
+
+@dataclass
+class PretextBatch:
+    """One training batch of a pretext task: ``loss_fn(model(inputs))`` gives one loss per
+    row of `inputs`, with `copies` consecutive rows per pool instance."""
+
+    inputs: Any
+    loss_fn: Callable[[Any], Tensor]
+    copies: int
+
+
+class Pretext(nn.Module):
+    """Base class of the pretext tasks; subclasses set ``backbone`` and implement `batch`
+    and `forward`."""
+
+    backbone: nn.Module
+
+    def batch(self, x: Tensor) -> PretextBatch:
+        """The task's inputs and per-row loss for a batch `x` of pool images."""
+        raise NotImplementedError
+
+    def features(self, x: Tensor) -> Tensor:
+        """The backbone's embedding (what meta objectives and evaluators use)."""
+        return self.backbone.features(x)
+
+    def after_step(self) -> None:
+        """Update what the task keeps outside the gradient (after ``optimizer.step()``)."""

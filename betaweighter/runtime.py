@@ -1,0 +1,67 @@
+"""Where code runs: the device to use and the processes of a distributed run.
+
+`resolve_device` turns a device name from a config or the command line into a
+`torch.device`, refusing names torch does not know and CUDA without a GPU with a
+`ConfigError`. `world` and `is_main` describe a `torch.distributed` run (one process, rank 0,
+outside one), so that only rank 0 writes files and shows progress bars.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from betaweighter.errors import ConfigError
+
+__all__ = ["is_main", "module_device", "progress_disabled", "resolve_device", "world"]
+
+
+def resolve_device(name: str | torch.device | None = None, key: str = "device") -> torch.device:
+    """`name` as a device; None or ``"auto"`` is the current CUDA GPU when there is one,
+    else the CPU. `key` names the setting in error messages."""
+    if isinstance(name, torch.device):
+        device = name
+    elif name is None or name == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(str(name))
+        except RuntimeError:
+            raise ConfigError(f"{key}: unknown device {name!r}; use auto, cpu, cuda or "
+                              "cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}: {str(device)!r} was asked for but no GPU is visible; "
+                              "use auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"{key}: {str(device)!r} does not exist; this machine has "
+                              f"{torch.cuda.device_count()} GPU(s)")
+    elif device.type not in ("cpu", "mps"):
+        raise ConfigError(f"{key}: device type {device.type!r} is not supported; use auto, "
+                          "cpu, cuda or cuda:N")
+    return device
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (the CPU when it has none)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def world() -> tuple[int, int]:
+    """(number of processes, this process's rank) under torch.distributed, else (1, 0)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def is_main() -> bool:
+    """True on rank 0 (and outside a distributed run): the process that writes files."""
+    return world()[1] == 0
+
+
+def progress_disabled() -> bool | None:
+    """tqdm's ``disable``: None (on when attached to a terminal) on rank 0, True elsewhere."""
+    return None if is_main() else True
