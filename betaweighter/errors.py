@@ -17,8 +17,10 @@ __all__ = [
     "CorruptDatasetError",
     "DataError",
     "DatasetNotFoundError",
+    "LossShapeError",
     "NonFiniteLossError",
     "RunLockedError",
+    "SharedParametersError",
 ]
 
 
@@ -65,3 +67,14 @@ class NonFiniteLossError(BetaweighterError, FloatingPointError):
 
 class RunLockedError(BetaweighterError):
     """Another process is writing to the same run directory."""
+
+
+class LossShapeError(BetaweighterError, ValueError):
+    """A per-sample loss that does not give one loss per row (a scalar, a wrong shape), or
+    rows that do not line up with the instances: ``copies`` consecutive rows (rotations,
+    views) per indexed instance."""
+
+
+class SharedParametersError(BetaweighterError, ValueError):
+    """A target network (momentum encoder, EMA teacher) that shares parameters or buffers
+    with the online network it is meant to trail."""

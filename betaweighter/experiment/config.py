@@ -29,7 +29,7 @@ from betaweighter.errors import ConfigError
 __all__ = ["METHODS", "Config", "ConfigError", "dump_config", "load_config", "parse_override"]
 
 METHODS = ("bdw", "dw", "l2rw", "nn", "weightnet", "heuristic", "random", "rotnet")
-PRETEXTS = ("rotation",)
+PRETEXTS = ("rotation", "simclr", "moco", "byol", "simsiam")
 
 
 def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = False,

@@ -18,7 +18,12 @@ from betaweighter.experiment.config import Config
 from betaweighter.meta.weighter import MetaWeighter
 from betaweighter.models import build_model
 from betaweighter.pretext.base import Pretext
+from betaweighter.pretext.byol import BYOLPretext, SimSiamPretext
+from betaweighter.pretext.moco import MoCoPretext
 from betaweighter.pretext.rotation import RotationPretext
+from betaweighter.pretext.simclr import SimCLRPretext
+from betaweighter.pretext.twoview import TwoViewPretext
+from betaweighter.pretext.views import simclr_view
 from betaweighter.pruning import PruningScheduler
 from betaweighter.runtime import resolve_device, world
 from betaweighter.weights.base import InstanceWeights
@@ -74,10 +79,41 @@ def _rotation(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, 
     return RotationPretext(build_model(**model_config), **options), model_config
 
 
+def _two_view(cls: type[TwoViewPretext]) -> Callable[[Config, dict[str, Any]],
+                                                      tuple[Pretext, dict[str, Any]]]:
+    """A builder for a two-view pretext (SimCLR, MoCo, BYOL, SimSiam): the backbone keeps
+    the rotation head (unused and frozen) so that `load_backbone` rebuilds it; the view
+    pipelines are built from the data in `build` (`Pretext.bind_data`)."""
+
+    def builder(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, Any]]:
+        checked_kwargs(cls, options, "pretext.options", ("backbone", "image_size", "mean",
+                                                         "std"))
+        augment = options.get("augment") or {}
+        if not isinstance(augment, dict):
+            raise ConfigError(f"config key 'pretext.options.augment' must be a mapping, got "
+                              f"{augment!r}")
+        checked_kwargs(simclr_view, augment, "pretext.options.augment",
+                       ("image_size", "mean", "std", "normalised_input"))
+        model_config: dict[str, Any] = {"name": cfg.model.name, "num_classes": 4}
+        if cfg.model.name == "convnet":
+            model_config.update(width=cfg.model.width, blocks=cfg.model.blocks)
+        try:
+            return cls(build_model(**model_config), **options), model_config
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config section 'pretext.options' for {cfg.pretext.name!r}: "
+                              f"{e}") from None
+
+    return builder
+
+
 #: pretext name -> builder(cfg, options) -> (pretext module, model_config of its backbone)
 PRETEXT_BUILDERS: dict[str, Callable[[Config, dict[str, Any]],
                                      tuple[Pretext, dict[str, Any]]]] = {
     "rotation": _rotation,
+    "simclr": _two_view(SimCLRPretext),
+    "moco": _two_view(MoCoPretext),
+    "byol": _two_view(BYOLPretext),
+    "simsiam": _two_view(SimSiamPretext),
 }
 
 
@@ -173,6 +209,7 @@ def build(cfg: Config, splits: Any = None) -> Components:
     torch.manual_seed(seed)
     name = cfg.pretext.name
     pretext, model_config = PRETEXT_BUILDERS[name](cfg, dict(cfg.pretext.options))
+    pretext.bind_data(bundle.image_size, bundle.mean, bundle.std)
     pretext.to(device)
     model: nn.Module = pretext
     if world()[0] > 1:

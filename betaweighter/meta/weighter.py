@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from betaweighter.errors import LossShapeError
 from betaweighter.meta import distributed as dist
 from betaweighter.meta import gradients
 from betaweighter.meta.objectives import MetaObjective
@@ -400,17 +401,20 @@ def _copies(copies: int | str, n_rows: int, n_inst: int) -> int:
         raise ValueError("indices is empty: nothing to train on")
     if copies == "infer":
         if n_rows % n_inst:
-            raise ValueError(
+            raise LossShapeError(
                 f"x has {n_rows} rows but indices has {n_inst} entries: x must hold the same "
                 "number of consecutive copies of each indexed instance (e.g. 4 rotations, "
-                "see bw.rotate4), so its length must be a multiple of len(indices)")
+                "see bw.rotate4, or 2 views, see bw.pretext.interleave), so its length must "
+                "be a multiple of len(indices)")
         return n_rows // n_inst
     if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
         raise ValueError(f"copies must be a positive integer or 'infer', got {copies!r}")
     if n_rows != copies * n_inst:
-        raise ValueError(f"x has {n_rows} rows but {n_inst} indices x {copies} copies = "
-                         f"{n_inst * copies} were expected: pass one index per instance and "
-                         "`copies` consecutive rows for each")
+        raise LossShapeError(
+            f"x has {n_rows} rows but {n_inst} indices x {copies} copies = "
+            f"{n_inst * copies} were expected: pass one index per instance and `copies` "
+            "consecutive rows for each (two views go in as rows 2i and 2i + 1: "
+            "bw.pretext.interleave(view_a, view_b), not torch.cat)")
     return copies
 
 
@@ -430,10 +434,15 @@ def _check_losses(losses: Any, n_rows: int) -> Tensor:
     if not isinstance(losses, Tensor):
         raise TypeError(f"per_sample_loss must return a tensor, got {type(losses).__name__}")
     if losses.dim() == 0:
-        raise ValueError("per_sample_loss returned a scalar: it must return one loss per "
-                         "sample, e.g. F.cross_entropy(out, y, reduction='none')")
+        raise LossShapeError(
+            "per_sample_loss returned a scalar: it must return one loss per row of x, e.g. "
+            "F.cross_entropy(out, y, reduction='none'). A library loss that averages over "
+            "the batch (lightly's NTXentLoss, NegativeCosineSimilarity, ...) cannot be "
+            "weighted per instance: use its per-sample form (bw.pretext.nt_xent_loss, "
+            "info_nce_loss, byol_loss, simsiam_loss)")
     if losses.shape != (n_rows,):
-        raise ValueError(f"per_sample_loss returned shape {tuple(losses.shape)}; expected "
-                         f"({n_rows},), one loss per input row (use reduction='none' and "
-                         "flatten any extra dimensions)")
+        raise LossShapeError(
+            f"per_sample_loss returned shape {tuple(losses.shape)}; expected ({n_rows},), "
+            "one loss per input row (use reduction='none' and flatten any extra "
+            "dimensions; with two views, one loss per view, rows 2i and 2i + 1)")
     return losses

@@ -1,6 +1,33 @@
 """Self-supervised pretext tasks, expressed as per-sample losses."""
 
 from betaweighter.pretext.base import Pretext, PretextBatch
+from betaweighter.pretext.byol import (
+    BYOLPretext,
+    SimSiamPretext,
+    byol_loss,
+    negative_cosine,
+    simsiam_loss,
+)
+from betaweighter.pretext.heads import mlp_head
+from betaweighter.pretext.moco import MoCoPretext, info_nce_loss
+from betaweighter.pretext.momentum import MomentumTarget, check_separate
 from betaweighter.pretext.rotation import RotationPretext, rotate4, rotation_loss
+from betaweighter.pretext.simclr import SimCLRPretext, nt_xent_loss
+from betaweighter.pretext.twoview import TwoViewPretext
+from betaweighter.pretext.views import (
+    TwoViews,
+    ViewPool,
+    augment_pairs,
+    interleave,
+    simclr_view,
+    swap_views,
+    two_view_pipelines,
+)
 
-__all__ = ["Pretext", "PretextBatch", "RotationPretext", "rotate4", "rotation_loss"]
+__all__ = [
+    "BYOLPretext", "MoCoPretext", "MomentumTarget", "Pretext", "PretextBatch",
+    "RotationPretext", "SimCLRPretext", "SimSiamPretext", "TwoViewPretext", "TwoViews",
+    "ViewPool", "augment_pairs", "byol_loss", "check_separate", "info_nce_loss", "interleave",
+    "mlp_head", "negative_cosine", "nt_xent_loss", "rotate4", "rotation_loss", "simclr_view",
+    "simsiam_loss", "swap_views", "two_view_pipelines",
+]

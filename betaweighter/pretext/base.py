@@ -11,7 +11,7 @@ training loop calls after ``optimizer.step()``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,3 +46,7 @@ class Pretext(nn.Module):
 
     def after_step(self) -> None:
         """Update what the task keeps outside the gradient (after ``optimizer.step()``)."""
+
+    def bind_data(self, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Learn the pool's image side and normalisation (the trainer calls this with the
+        data bundle's before training; augmenting tasks build their pipelines from it)."""
