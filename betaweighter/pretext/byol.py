@@ -13,11 +13,13 @@ views; here each view's term is its own row, so an instance's two rows sum to th
 symmetrised loss. Nothing couples rows except BatchNorm's batch statistics (as in the
 rotation task): the weighted loss sum_r w_r l_r / n is linear in the weights.
 
-The target side is constant within a step. BYOL's target projections come from the EMA
-network (`MomentumTarget`) in `batch`, under ``no_grad``, and are closed over by the loss.
-SimSiam's come from the same forward as the predictions and are detached inside the loss:
-a detached tensor carries no forward-mode tangent either, so the meta-gradient's second
-pass differentiates exactly the function whose gradient the real step used.
+The target side is constant within a step: `batch` computes it once, under ``no_grad``
+(BYOL: the EMA network, `MomentumTarget`; SimSiam: the online backbone and projector, with
+BatchNorm's running statistics left alone), and the loss closes over it. So every way of
+taking the meta-gradient differentiates the function whose gradient the real step uses.
+A stop-gradient *inside* the loss (``z.detach()`` of the same forward) would be right for
+the backward and forward-mode passes, which honour it, but a finite difference
+(``meta_gradient="finite_difference"``) differentiates values and would see through it.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from betaweighter.errors import LossShapeError
 from betaweighter.pretext.base import PretextBatch
@@ -54,7 +58,8 @@ def byol_loss(p: Tensor, z_target: Tensor) -> Tensor:
 
 
 def simsiam_loss(p: Tensor, z: Tensor) -> Tensor:
-    """SimSiam's loss per view: -cos(p_r, stop-gradient of the other view's projection)."""
+    """SimSiam's loss per view: -cos(p_r, stop-gradient of the other view's projection);
+    `z` are the projections of the same interleaved rows."""
     return negative_cosine(p, swap_views(z).detach())
 
 
@@ -114,8 +119,8 @@ class SimSiamPretext(_SelfDistillation):
     predictor (`projection_dim` -> `predictor_hidden_dim` -> `projection_dim`); the target
     is the online projection with its gradient stopped, so there is no second network.
 
-    ``forward(x)`` returns ``(predictions, projections)``; see `TwoViewPretext` for
-    `image_size`, `mean`, `std` and `augment`.
+    ``forward(x)`` returns the predictions; see `TwoViewPretext` for `image_size`, `mean`,
+    `std` and `augment`.
     """
 
     def __init__(self, backbone: nn.Module, *, projection_dim: int = 128,
@@ -130,15 +135,18 @@ class SimSiamPretext(_SelfDistillation):
                          mlp_head(projection_dim, predictor_hidden_dim, projection_dim),
                          image_size=image_size, mean=mean, std=std, augment=augment)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z = self.projector(self.backbone.features(x))
-        return self.predictor(z), z
-
-    @staticmethod
-    def loss(out: tuple[Tensor, Tensor]) -> Tensor:
-        """The per-row loss of ``forward``'s output."""
-        p, z = out
-        return simsiam_loss(p, z)
+    def forward(self, x: Tensor) -> Tensor:
+        return self.predictor(self.projector(self.backbone.features(x)))
 
     def batch(self, x: Tensor) -> PretextBatch:
-        return PretextBatch(self.views(x), self.loss, self.copies)
+        inputs = self.views(x)
+        with torch.no_grad():  # the stopped branch, at the current parameters; the real
+            online = self.online()  # BatchNorm statistics are left to the training forward
+            state = {**dict(online.named_parameters()),
+                     **{n: b.clone() for n, b in online.named_buffers()}}
+            z = functional_call(online, state, (inputs,))
+
+        def loss(p: Tensor) -> Tensor:
+            return simsiam_loss(p, z)
+
+        return PretextBatch(inputs, loss, self.copies)
