@@ -52,3 +52,29 @@ def test_decathlon_example(tmp_path):
     ])
     assert summary["dataset"].startswith("decathlon") and summary["epochs"] == 1
     assert (tmp_path / "runs" / "decathlon-dtd-bdw" / "summary.json").is_file()
+
+
+def test_simclr_loop(capsys):
+    _load("simclr_loop").main(epochs=1, pool_size=64)
+    assert "epoch 0: NT-Xent" in capsys.readouterr().out
+
+
+def test_byol_loop(capsys):
+    _load("byol_loop").main(epochs=1, pool_size=64)
+    assert "epoch 0: BYOL loss" in capsys.readouterr().out
+
+
+def test_lightly_loop(capsys):
+    pytest.importorskip("lightly")
+    _load("lightly_loop").main(epochs=1, pool_size=64)
+    assert "epoch 0: NT-Xent (lightly)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["custom_loop", "simclr_loop", "byol_loop"])
+def test_wrapping_takes_no_more_than_five_added_lines(name):
+    lines = (EXAMPLES / f"{name}.py").read_text().splitlines()
+    marked = [n for n, line in enumerate(lines)
+              if line.split("# + betaweighter")[0].strip() and "# + betaweighter" in line]
+    # each mark is one added statement; a statement may run on into one more line
+    physical = sum(1 + lines[n].rstrip().endswith(",") for n in marked)
+    assert 3 <= len(marked) and physical <= 5, (len(marked), physical)
