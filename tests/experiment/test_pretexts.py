@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from helpers import TINY
+from helpers import TINY, one_thread  # noqa: F401 (a fixture)
 
 from betaweighter.checkpoint import read_checkpoint
 from betaweighter.errors import ConfigError
@@ -23,12 +23,13 @@ FILES = ["config.yaml", "run.json", "splits.json", "metrics.csv", "weights.csv",
          "plots/curves.png", "plots/diagnostics.png", "plots/highest_weighted.png",
          "plots/lowest_weighted.png", "plots/extremes.npz"]
 SMALL = "pretext.options={hidden_dim: 16, projection_dim: 8}"
+pytestmark = pytest.mark.usefixtures("one_thread")
 TARGETS = {"moco": ("target.net.", "queue", "queue_ptr"), "byol": ("target.net.",),
            "simclr": ("projector.",), "simsiam": ("projector.", "predictor.")}
 
 
 @pytest.mark.parametrize("name", ["simclr", "moco", "byol", "simsiam"])
-def test_each_pretext_runs_an_epoch_and_writes_a_complete_run(name, tmp_path, one_thread):
+def test_each_pretext_runs_an_epoch_and_writes_a_complete_run(name, tmp_path):
     cfg = load_config(overrides=TINY + [f"experiment.output_root={tmp_path}", "train.epochs=1",
                                         f"pretext.name={name}", SMALL,
                                         f"experiment.name={name}"])
@@ -50,7 +51,7 @@ def test_each_pretext_runs_an_epoch_and_writes_a_complete_run(name, tmp_path, on
     assert backbone.data_config["image_size"] == 32
 
 
-def test_a_moco_run_resumes_exactly(tmp_path, one_thread):
+def test_a_moco_run_resumes_exactly(tmp_path):
     """The queue, its pointer and the key encoder come back with the checkpoint."""
     over = TINY + ["pretext.name=moco", SMALL, "train.epochs=2"]
     outs = []
