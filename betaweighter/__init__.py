@@ -8,7 +8,7 @@ instances whose weight is confidently small are pruned.
 
 __version__ = "0.2.0"
 
-from betaweighter import data, evaluate, models, pretext, weights  # noqa: E402
+from betaweighter import data, evaluate, models, pretext, runtime, weights  # noqa: E402
 from betaweighter.meta.objectives import ClassificationLoss, PrototypicalLoss  # noqa: E402
 from betaweighter.meta.weighter import MetaWeighter  # noqa: E402
 from betaweighter.pretext.rotation import RotationPretext, rotate4  # noqa: E402
@@ -48,5 +48,6 @@ __all__ = [
     "models",
     "pretext",
     "rotate4",
+    "runtime",
     "weights",
 ]

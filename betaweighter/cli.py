@@ -13,6 +13,7 @@ from betaweighter import __version__
 EPILOG = """examples:
   betaweighter demo
   betaweighter configs
+  betaweighter compare demo --seeds 3
   betaweighter run stl10/bdw --set data.root=~/data --set train.epochs=35
   betaweighter run my_config.yaml --dry-run
   betaweighter run --resume runs/stl10-bdw
@@ -48,10 +49,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="print the resolved config and the run directory, then exit")
 
-    demo = sub.add_parser("demo", help="a few-minute comparison on the embedded demo set")
+    demo = sub.add_parser("demo", help="a few-minute `compare` on the embedded demo set")
     demo.add_argument("--out", default="runs", help="output root (default: runs)")
+    demo.add_argument("--seeds", type=int, default=1, help="number of seeds (default: 1)")
     demo.add_argument("--set", dest="overrides", action="append", default=[],
                       metavar="KEY=VALUE", help="override a key of the demo config")
+
+    cmp = sub.add_parser("compare", help="does pruning pay? the baseline, weights + pruning "
+                                         "and a matched random-pruning control, over seeds")
+    cmp.add_argument("config", help="YAML config (file or shipped name) with pruning enabled")
+    cmp.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    cmp.add_argument("--out", default="runs", help="output root (default: runs)")
+    cmp.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="override a config key (repeatable)")
 
     sub.add_parser("configs", help="list the shipped configs")
 
@@ -88,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     from betaweighter.errors import BetaweighterError
     from betaweighter.experiment.trainer import Interrupted
+    from betaweighter.runtime import init_distributed
 
+    distributed = args.command in ("run", "compare", "demo") and init_distributed()
     try:
         return COMMANDS[args.command](args)
     except BetaweighterError as e:
@@ -100,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if distributed:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
 
 
 def _one_line(error: BaseException) -> str:
@@ -107,7 +124,10 @@ def _one_line(error: BaseException) -> str:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"betaweighter: warning: {_one_line(message)}", file=sys.stderr)
+    from betaweighter.runtime import is_main
+
+    if is_main():
+        print(f"betaweighter: warning: {_one_line(message)}", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -166,7 +186,28 @@ def _run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from betaweighter.experiment.demo import run_demo
 
-    run_demo(args.out, args.overrides)
+    run_demo(args.out, args.overrides, args.seeds)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from betaweighter.errors import ConfigError
+    from betaweighter.experiment.compare import compare
+    from betaweighter.experiment.config import load_config
+    from betaweighter.experiment.shipped import config_file
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    with config_file(args.config) as path:
+        cfg = load_config(path, args.overrides)
+    result = compare(cfg, range(args.seeds), args.out)
+    from betaweighter.runtime import is_main
+
+    if not is_main():
+        return 0
+    print(result.format())
+    print(f"files: {result.directory} (compare.json, compare.csv, compare.png, one run "
+          "directory per variant and seed)")
     return 0
 
 
@@ -219,7 +260,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "demo": _demo, "configs": _configs, "plot": _plot,
+COMMANDS = {"run": _run, "demo": _demo, "compare": _compare, "configs": _configs, "plot": _plot,
             "weights": _weights, "evaluate": _evaluate}
 
 if __name__ == "__main__":

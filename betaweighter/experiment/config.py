@@ -96,6 +96,10 @@ class MetaSection:
     meta_gradient: Literal["auto", "forward", "finite_difference", "double_backward",
                            "higher"] = "auto"
     every: int = field(default=1, metadata=_range(1))
+    # fresh: each weight update uses its own episode's direction (the paper); running: a
+    # moving average of the episodes' directions updates the weights of every batch
+    direction: Literal["fresh", "running"] = "fresh"
+    direction_decay: float = field(default=0.9, metadata=_range(0, 1, hi_open=True))
     inner_steps: int = field(default=1, metadata=_range(1))
     normalise: bool = False
     # The weight optimiser (betaweighter.WeightOptimizer): scale-free by default

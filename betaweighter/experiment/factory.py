@@ -125,7 +125,9 @@ def build_meta(cfg: Config, model: nn.Module, weights: InstanceWeights,
     try:
         return MetaWeighter(model, weights, optimizer, objective, target=target,
                             weight_optimizer=weight_optimizer, meta_gradient=m.meta_gradient,
-                            every=m.every, inner_steps=m.inner_steps, normalise=m.normalise,
+                            every=m.every, direction=m.direction,
+                            direction_decay=m.direction_decay, inner_steps=m.inner_steps,
+                            normalise=m.normalise,
                             precision=cfg.train.precision, scaler=scaler)
     except (ValueError, TypeError, ImportError) as e:
         raise ConfigError(f"config section 'meta': {e}") from None

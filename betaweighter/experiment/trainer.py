@@ -33,7 +33,7 @@ from betaweighter.experiment.factory import Components, build
 from betaweighter.experiment.metrics import MetricsLog
 from betaweighter.experiment.rundir import RunDir, create_run_dir
 from betaweighter.io import atomic_write_text, write_json
-from betaweighter.runtime import is_main, progress_disabled
+from betaweighter.runtime import broadcast_object, is_main, progress_disabled, world
 
 __all__ = ["Interrupted", "RESUME_OVERRIDES", "Trainer"]
 
@@ -61,12 +61,16 @@ class Trainer:
         self.rundir = RunDir(run_dir, check=False)  # config.yaml is written once built
         self.run_dir = self.rundir.path
         self._exit = contextlib.ExitStack()
-        self._exit.enter_context(self.rundir.lock())
+        if is_main():  # under torchrun, rank 0 writes; the others only read the run
+            self._exit.enter_context(self.rundir.lock())
         try:
             self.c: Components = build(cfg, splits=splits)
         except BaseException:
             self._exit.close()
             raise
+        size, rank = world()
+        if size > 1:  # each process its own random stream (augmentation, Beta samples)
+            torch.manual_seed(cfg.experiment.seed * 1_000_003 + rank)
         self.epoch = 0
         self.epoch_step = 0
         self.step = 0
@@ -88,11 +92,14 @@ class Trainer:
         removed again, so a corrected retry gets the same name."""
         import shutil
 
-        run_dir = create_run_dir(cfg.experiment.output_root, cfg.experiment.name)
+        run_dir = (create_run_dir(cfg.experiment.output_root, cfg.experiment.name)
+                   if is_main() else None)
+        run_dir = Path(broadcast_object(None if run_dir is None else str(run_dir)))
         try:
             trainer = cls(cfg, run_dir)
         except BaseException:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            if is_main():
+                shutil.rmtree(run_dir, ignore_errors=True)
             raise
         if is_main():
             bundle = trainer.c.bundle
@@ -167,7 +174,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "histograms": [h.tolist() for h in self.histograms],
             "metrics": list(self.metrics.rows) if self.metrics else [],
-            "config": self.cfg.to_dict(), "rng": rng_state(),
+            "config": self.cfg.to_dict(), "rng": rng_state(), "rng_ranks": _rng_ranks(),
         }
 
     def _load(self, s: dict[str, Any], which: str) -> None:
@@ -195,10 +202,14 @@ class Trainer:
         self.histograms = [np.asarray(h) for h in s["histograms"]]
         if is_main():
             self.metrics = MetricsLog(self.run_dir / "metrics.csv", s["metrics"])
+        rng = s["rng"]
+        ranks = s.get("rng_ranks") or []
+        if world()[0] > 1 and len(ranks) == world()[0]:
+            rng = ranks[world()[1]]
         if self.epoch_step:
-            self._pending_rng = s["rng"]  # applied once the epoch's loader is rebuilt
+            self._pending_rng = rng  # applied once the epoch's loader is rebuilt
         else:
-            set_rng_state(s["rng"])
+            set_rng_state(rng)
 
     def _apply_lr_change(self) -> None:
         """After loading the optimiser state, apply a changed ``train.lr`` (resume
@@ -237,9 +248,9 @@ class Trainer:
         atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
 
     def _save(self, best: bool) -> None:
+        state = self._state()  # on every rank: gathering the random states is collective
         if not is_main():
             return
-        state = self._state()
         save_checkpoint(self.rundir.checkpoint_path("last"), state)
         if best:
             save_checkpoint(self.rundir.checkpoint_path("best"), state)
@@ -297,7 +308,8 @@ class Trainer:
         for x, idx in bar:
             if limit is not None and self.epoch_step >= limit:
                 break
-            loss, meta_loss = self._train_step(x, idx)
+            positions = torch.arange(self.epoch_step * len(x), (self.epoch_step + 1) * len(x))
+            loss, meta_loss = self._train_step(x, idx, sampler.padding(positions[:len(x)]))
             losses.append(loss)
             if meta_loss is not None:
                 meta_losses.append(meta_loss)
@@ -306,7 +318,7 @@ class Trainer:
             self.step += 1
             bar.set_postfix(loss=f"{loss:.3f}", meta=f"{c.meta.last_meta_loss:.3f}",
                             w=f"{c.meta.last_mean_weight:.3f}")
-            if self._stop_requested:
+            if _any_rank(self._stop_requested):
                 self._partial = {"losses": losses, "meta_losses": meta_losses, "seen": seen,
                                  "seconds": seconds + time.perf_counter() - start}
                 self._save(best=False)
@@ -317,20 +329,26 @@ class Trainer:
         self._partial, self.epoch_step = {}, 0
         return self._end_epoch(losses, meta_losses, seconds)
 
-    def _train_step(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[float, float | None]:
+    def _train_step(self, x: torch.Tensor, idx: torch.Tensor,
+                    padding: torch.Tensor) -> tuple[float, float | None]:
         c = self.c
         x = x.to(c.device, non_blocking=True)
         b = c.pretext.batch(x)
         loss_fn = b.loss_fn
+        scale = None
         if c.pruner is not None and c.pruner.soft:
-            scale = c.pruner.loss_scale(idx).to(c.device).repeat_interleave(b.copies)
+            scale = c.pruner.loss_scale(idx)
+        if padding.any():  # the sampler's padding (equal shares under torchrun): weight 0
+            scale = (torch.ones(len(idx)) if scale is None else scale) * (~padding).float()
+        if scale is not None:
+            scale = scale.to(c.device).repeat_interleave(b.copies)
 
             def loss_fn(out: Any, inner: Any = b.loss_fn, scale: torch.Tensor = scale) -> Any:
                 return inner(out) * scale
 
-        meta_steps = c.meta.meta_steps
+        episodes = c.meta.episodes
         loss = float(c.meta.backward(b.inputs, loss_fn, idx, copies=b.copies))
-        if not math.isfinite(loss):
+        if _any_rank(not math.isfinite(loss)):
             raise NonFiniteLossError(
                 f"the training loss became {loss} at epoch {self.epoch + 1}, step "
                 f"{self.epoch_step + 1} of the epoch; nothing after the last checkpoint "
@@ -343,7 +361,7 @@ class Trainer:
             c.optimizer.step()
         c.optimizer.zero_grad(set_to_none=True)
         c.pretext.after_step()
-        return loss, (c.meta.last_meta_loss if c.meta.meta_steps > meta_steps else None)
+        return loss, (c.meta.last_meta_loss if c.meta.episodes > episodes else None)
 
     def _end_epoch(self, losses: list[float], meta_losses: list[float],
                    seconds: float) -> dict[str, Any]:
@@ -368,6 +386,7 @@ class Trainer:
             "images_seen": self.images_seen, "lr": lr,
             "skipped_meta_steps": c.meta.skipped_meta_steps,
         }
+        _check_identical_weights(c.weights, self.epoch)
         if self.metrics is not None:
             self.metrics.append(row)
         improved = val == val and val > self.best_val
@@ -491,6 +510,41 @@ def _in_main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+def _any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any (one collective under torchrun)."""
+    if world()[0] == 1:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0])
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _rng_ranks() -> list[dict[str, Any]] | None:
+    """Every rank's random state (rank order) under torchrun, else None."""
+    if world()[0] == 1:
+        return None
+    states: list[Any] = [None] * world()[0]
+    torch.distributed.all_gather_object(states, rng_state())
+    return states
+
+
+def _check_identical_weights(weights: Any, epoch: int) -> None:
+    """Under torchrun, every rank must hold bitwise the same weights: compare a checksum."""
+    size = world()[0]
+    if size == 1:
+        return
+    total = torch.zeros(2, dtype=torch.float64)
+    for t in weights.state_dict().values():
+        if t.is_floating_point():
+            total[0] += t.detach().double().sum().cpu()
+            total[1] += t.detach().double().abs().sum().cpu()
+    sums = [torch.zeros(2, dtype=torch.float64) for _ in range(size)]
+    torch.distributed.all_gather(sums, total)
+    if any(not torch.equal(s, sums[0]) for s in sums):
+        raise RuntimeError(f"the instance weights differ between processes after epoch {epoch} "
+                           f"(checksums {[s.tolist() for s in sums]}): a bug, please report it")
 
 
 def _mean(values: list[float]) -> float:
