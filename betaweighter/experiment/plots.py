@@ -135,17 +135,21 @@ def save_extremes(path: Path, weights: Any, bundle: Any, k: int = GRID_IMAGES) -
 
 
 def draw_run_plots(run: Any) -> list[Path]:
-    """Every plot of a run directory (a `RunDir`), from its files alone: histograms from
-    the last checkpoint, curves and diagnostics from metrics.csv, image grids from
-    plots/extremes.npz. Writes PNGs into ``plots/`` and nothing else."""
+    """Every plot of a run directory (a `RunDir`), from its files alone: histograms, curves
+    and diagnostics from the last checkpoint (which holds the metrics rows), image grids
+    from plots/extremes.npz. Writes PNGs into ``plots/`` and nothing else."""
     out = run.path / "plots"
     out.mkdir(exist_ok=True)
-    rows = run.metrics()
     state = run.state("last")
+    rows = list(state["metrics"])
     paths = [weight_histograms([np.asarray(h) for h in state["histograms"]],
                                out / "weight_histograms.png"),
              curves(rows, out / "curves.png"), diagnostics(rows, out / "diagnostics.png")]
     extremes = out / "extremes.npz"
+    if not extremes.is_file() and run.summary() is not None:
+        import warnings
+
+        warnings.warn(f"{extremes} is missing: the image grids are not drawn", stacklevel=2)
     if extremes.is_file():
         from betaweighter.errors import CheckpointError
 

@@ -126,6 +126,10 @@ class Trainer:
                                   f"another config than {run.config_path}: restore the "
                                   "original config.yaml, or start a new run")
         cfg, changes = _apply_resume_overrides(saved, overrides or [], state)
+        if state["epoch"] >= cfg.train.epochs and state["epoch_step"] == 0:
+            raise ConfigError(f"run {run.path} has finished all {cfg.train.epochs} epochs; "
+                              "train it further with --set train.epochs=N (N > "
+                              f"{cfg.train.epochs})")
         splits = run.path / "splits.json"
         trainer = cls(cfg, run.path, splits=splits if splits.is_file() else None)
         try:
