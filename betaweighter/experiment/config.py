@@ -49,10 +49,11 @@ class ExperimentSection:
 
 @dataclass
 class DataSection:
-    # demo: the embedded set (no files); stl10: STL-10 binaries under `root`; decathlon:
+    # demo: the embedded set (no files); mixture: drawn shapes with four kinds of
+    # distractors (no files); stl10: STL-10 binaries under `root`; decathlon:
     # Visual Decathlon under `root` with `target` as the labelled domain; folders: your own
     # ImageFolder trees (`pool_root`, `target_root`).
-    name: Literal["demo", "stl10", "decathlon", "folders"] = "demo"
+    name: Literal["demo", "mixture", "stl10", "decathlon", "folders"] = "demo"
     root: str | None = field(default=None, metadata=PATH)
     target: str | None = None
     pool_root: str | None = field(default=None, metadata=PATH)

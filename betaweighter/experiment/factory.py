@@ -50,9 +50,9 @@ def checked_kwargs(fn: Callable, options: dict[str, Any], key: str,
 def build_data(cfg: Config, seed: int, splits: Any = None) -> bwdata.DataBundle:
     d = cfg.data
     opts = dict(d.options)
-    if d.name == "demo":  # fully determined by its seed: no split file to read back
-        return bwdata.demo(**checked_kwargs(bwdata.demo, opts, "data.options", ("seed",)),
-                           seed=seed)
+    if d.name in ("demo", "mixture"):  # determined by the seed: no split file to read back
+        builder = getattr(bwdata, d.name)
+        return builder(**checked_kwargs(builder, opts, "data.options", ("seed",)), seed=seed)
     if splits is not None:  # a resumed run reads back the exact splits it was started with
         opts["splits"] = splits
     if d.name == "stl10":

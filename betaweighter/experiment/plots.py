@@ -7,6 +7,7 @@ no GUI and never changes the backend the user's own code has chosen.
 from __future__ import annotations
 
 import math
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +157,7 @@ def draw_run_plots(run: Any) -> list[Path]:
         try:
             with np.load(extremes) as data:
                 grids = {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError) as e:
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
             raise CheckpointError(f"{extremes} cannot be read ({e}); delete it to plot "
                                   "without the image grids") from None
         for name in ("highest", "lowest"):

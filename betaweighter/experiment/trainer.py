@@ -33,7 +33,13 @@ from betaweighter.experiment.factory import Components, build
 from betaweighter.experiment.metrics import MetricsLog
 from betaweighter.experiment.rundir import RunDir, create_run_dir
 from betaweighter.io import atomic_write_text, write_json
-from betaweighter.runtime import broadcast_object, is_main, progress_disabled, world
+from betaweighter.runtime import (
+    broadcast_object,
+    is_main,
+    progress_disabled,
+    resolve_device,
+    world,
+)
 
 __all__ = ["Interrupted", "RESUME_OVERRIDES", "Trainer"]
 
@@ -82,6 +88,7 @@ class Trainer:
         self._partial: dict[str, Any] = {}
         self._pending_rng: dict[str, Any] | None = None
         self._stop_requested = False
+        self._pending_changes: list[tuple[str, Any, Any, int]] = []
         self.metrics = MetricsLog(self.run_dir / "metrics.csv") if is_main() else None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -92,14 +99,18 @@ class Trainer:
         removed again, so a corrected retry gets the same name."""
         import shutil
 
-        run_dir = (create_run_dir(cfg.experiment.output_root, cfg.experiment.name)
-                   if is_main() else None)
+        resolve_device(cfg.train.device, key="config key 'train.device'")  # before any file
+        root = Path(cfg.experiment.output_root).expanduser()
+        fresh_root = not root.exists()
+        run_dir = (create_run_dir(root, cfg.experiment.name) if is_main() else None)
         run_dir = Path(broadcast_object(None if run_dir is None else str(run_dir)))
         try:
             trainer = cls(cfg, run_dir)
         except BaseException:
             if is_main():
                 shutil.rmtree(run_dir, ignore_errors=True)
+                if fresh_root and not any(root.iterdir()):
+                    root.rmdir()
             raise
         if is_main():
             bundle = trainer.c.bundle
@@ -121,7 +132,7 @@ class Trainer:
         run = RunDir(run_dir)
         saved = run.config()
         state = run.state(which)
-        if state["config"] != saved.to_dict():
+        if _fixed_part(state["config"]) != _fixed_part(saved.to_dict()):
             raise CheckpointError(f"checkpoint {run.checkpoint_path(which)} was written with "
                                   f"another config than {run.config_path}: restore the "
                                   "original config.yaml, or start a new run")
@@ -135,8 +146,8 @@ class Trainer:
         try:
             trainer._check_data(run.info(), changes)
             trainer._load(state, which)
-            if changes and is_main():
-                trainer._record_changes(run, changes)
+            # recorded with the next checkpoint
+            trainer._pending_changes = [(k, old, new, trainer.epoch) for k, old, new in changes]
         except BaseException:
             trainer.close()
             raise
@@ -243,18 +254,25 @@ class Trainer:
             print(f"note: {key} moved from {old} to {new}; the data there matches the run's "
                   "(sizes and sampled items)", file=sys.stderr)
 
-    def _record_changes(self, run: RunDir, changes: list[tuple[str, Any, Any]]) -> None:
-        info = run.info()
+    def _record_changes(self) -> None:
+        """Write the settings changed on resume into config.yaml and run.json: just before
+        the first checkpoint made with them, so that a resume that fails first (a diverging
+        learning rate, a wrong path) leaves the run as it was."""
+        if not self._pending_changes:
+            return
+        info = self.rundir.info()
         info.setdefault("changes", []).extend(
-            {"key": k, "from": old, "to": new, "at_epoch": self.epoch}
-            for k, old, new in changes)
+            {"key": k, "from": old, "to": new, "at_epoch": epoch}
+            for k, old, new, epoch in self._pending_changes)
         write_json(self.run_dir / "run.json", info)
         atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
+        self._pending_changes = []
 
     def _save(self, best: bool) -> None:
         state = self._state()  # on every rank: gathering the random states is collective
         if not is_main():
             return
+        self._record_changes()
         save_checkpoint(self.rundir.checkpoint_path("last"), state)
         if best:
             save_checkpoint(self.rundir.checkpoint_path("best"), state)
@@ -327,9 +345,9 @@ class Trainer:
                                  "seconds": seconds + time.perf_counter() - start}
                 self._save(best=False)
                 raise Interrupted(self.run_dir, self.epoch, self.epoch_step)
-        seconds += time.perf_counter() - start
-        self.train_seconds += seconds - p.get("seconds", 0.0)
-        self.images_seen += seen - p.get("seen", 0)
+        seconds += time.perf_counter() - start  # an interrupted epoch's part included
+        self.train_seconds += seconds
+        self.images_seen += seen
         self._partial, self.epoch_step = {}, 0
         return self._end_epoch(losses, meta_losses, seconds)
 
@@ -468,6 +486,15 @@ def format_summary(summary: dict[str, Any], run_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def _fixed_part(config: dict[str, Any]) -> dict[str, Any]:
+    """A config without the keys a resume may change."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for key in RESUME_OVERRIDES:
+        section, name = key.split(".")
+        out.get(section, {}).pop(name, None)
+    return out
+
+
 def _apply_resume_overrides(cfg: Config, overrides: list[str],
                             state: dict[str, Any]) -> tuple[Config, list[tuple[str, Any, Any]]]:
     from betaweighter.experiment.config import parse_override
@@ -478,7 +505,7 @@ def _apply_resume_overrides(cfg: Config, overrides: list[str],
             raise ConfigError(f"--set {key} cannot change on --resume (the run would no longer "
                               f"be the one it was); allowed: {', '.join(RESUME_OVERRIDES)}")
     new = load_config(base=cfg.to_dict(), overrides=overrides)
-    old_d, new_d = cfg.to_dict(), new.to_dict()
+    old_d, new_d = state["config"], new.to_dict()  # what the checkpoint was made with
     changes = []
     for key in RESUME_OVERRIDES:
         section, name = key.split(".")

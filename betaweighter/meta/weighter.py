@@ -248,7 +248,8 @@ class MetaWeighter:
                                 self._autocast, low_precision=self.precision != "fp32")
         w = None
         if self.learned:
-            w = self.weights.sample(idx, inst_losses)
+            with torch.set_grad_enabled(meta_now):  # no graph to the weights between updates
+                w = self.weights.sample(idx, inst_losses)
             self._observe(idx, inst_losses)
             w_real = w.detach()
         else:
