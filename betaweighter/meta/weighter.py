@@ -203,7 +203,7 @@ class MetaWeighter:
                 raise ValueError("direction='running' averages the meta direction v, which "
                                  "only the forward-mode and finite-difference meta-gradients "
                                  f"use; meta_gradient={method!r} needs direction='fresh'")
-            if not self.learned:
+            if not self.learned and self.needs_meta:
                 raise ValueError(f"{type(self.weights).__name__} takes each batch's own "
                                  "meta-gradient: use direction='fresh'")
         if method in ("double_backward", "higher"):

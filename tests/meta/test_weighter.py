@@ -299,3 +299,9 @@ def test_running_direction_updates_every_batch_and_averages_the_episodes():
     assert averaged.state_dict()["running_direction"]["weight"] == pytest.approx(0.75)
     with pytest.raises(ValueError, match="direction='fresh'"):
         make(direction="running", meta_gradient="double_backward")
+    model = tiny_convnet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="direction='fresh'"):
+        bw.MetaWeighter(model, bw.L2RW(N), opt, lambda m: m.params["head.bias"].sum(),
+                        direction="running")
+    bw.MetaWeighter(model, bw.UniformWeights(N), opt, direction="running")  # moot: no meta
