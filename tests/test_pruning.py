@@ -366,3 +366,16 @@ def test_decisions_identical_on_every_process(tmp_path):
     assert len(seen0) == len(seen1) == math.ceil(len(kept) / 2)  # equal shares ...
     assert sorted(set(seen0) | set(seen1)) == kept  # ... covering the kept set
     assert len(set(seen0) & set(seen1)) == len(seen0) + len(seen1) - len(kept)  # padding only
+
+
+def test_unpruned_loader_visits_every_instance_in_a_seeded_order_per_epoch():
+    from betaweighter.pruning import unpruned_loader
+
+    data = torch.utils.data.TensorDataset(torch.arange(10))
+    epoch = [0]
+    loader = unpruned_loader(data, lambda: epoch[0], batch_size=4, seed=5)
+    first = torch.cat([b[0] for b in loader]).tolist()
+    assert sorted(first) == list(range(10)) and first == torch.cat(
+        [b[0] for b in loader]).tolist()
+    epoch[0] = 1
+    assert torch.cat([b[0] for b in loader]).tolist() != first
