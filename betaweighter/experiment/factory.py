@@ -145,6 +145,20 @@ def build_pruner(cfg: Config, weights: InstanceWeights, in_domain: Any) -> Pruni
         raise ConfigError(f"config section 'pruning': {e}") from None
 
 
+def _check_sync_batchnorm(cfg: Config, device: torch.device) -> None:
+    """SyncBatchNorm runs on GPUs only, and torch gives it no forward-mode derivative."""
+    if device.type != "cuda":
+        raise ConfigError("config key 'train.sync_batchnorm': torch's SyncBatchNorm needs "
+                          "CUDA devices; set it to false on the CPU")
+    learned = WEIGHT_CLASSES[cfg.weights.method] in ("BetaWeights", "PointWeights",
+                                                      "WeightNet", "L2RW")
+    if learned and cfg.meta.meta_gradient in ("auto", "forward"):
+        raise ConfigError("config key 'train.sync_batchnorm': SyncBatchNorm has no "
+                          "forward-mode derivative in torch, so the forward-mode "
+                          "meta-gradient cannot pass through it; set "
+                          "meta.meta_gradient=finite_difference (or sync_batchnorm=false)")
+
+
 @dataclass
 class Components:
     """Everything a run trains with. `model` is what the optimiser and MetaWeighter see
@@ -177,6 +191,8 @@ def build(cfg: Config, splits: Any = None) -> Components:
     pretext, model_config = PRETEXT_BUILDERS[name](cfg, dict(cfg.pretext.options))
     pretext.to(device)
     model: nn.Module = pretext
+    if cfg.train.sync_batchnorm:
+        _check_sync_batchnorm(cfg, device)
     if world()[0] > 1:
         if cfg.train.sync_batchnorm:
             pretext = nn.SyncBatchNorm.convert_sync_batchnorm(pretext)
