@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     warnings.showwarning = _show_warning
     from betaweighter.errors import BetaweighterError
-    from betaweighter.experiment.trainer import Interrupted
+    from betaweighter.experiment.interrupt import Interrupted
     from betaweighter.runtime import init_distributed
 
     distributed = args.command in ("run", "compare", "demo") and init_distributed()
@@ -135,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
     from betaweighter.experiment.config import dump_config, load_config
     from betaweighter.experiment.rundir import RunDir
     from betaweighter.experiment.shipped import config_file
-    from betaweighter.experiment.trainer import Trainer, format_summary
+    from betaweighter.experiment.trainer import Trainer
     from betaweighter.runtime import is_main
 
     overrides = list(args.overrides)
@@ -258,6 +259,26 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(json.dumps(payload["result"], indent=2, default=float))
     print(f"written to {result_path(args.checkpoint, args.task)}", file=sys.stderr)
     return 0
+
+
+def format_summary(summary: dict, run_dir: Path) -> str:
+    """A few readable lines for the end of ``betaweighter run``."""
+    lines = [f"run {summary['run']} finished: {summary['epochs']} epochs of "
+             f"{summary['method']} on {summary['dataset']}",
+             f"  test accuracy (linear probe)  {100 * summary['test_accuracy']:.1f}%  "
+             f"(best epoch {summary['best_epoch']}, "
+             f"val {100 * summary['best_val_accuracy']:.1f}%)",
+             f"  kept fraction                 {float(summary['kept_fraction']):.2f}",
+             f"  training time                 {summary['train_seconds']:.0f} s, "
+             f"{summary['images_seen']} images"]
+    for key, label in (("auroc_in_domain", "AUROC in-domain vs rest"),
+                       ("pruned_in_domain_share", "in-domain share of pruned")):
+        value = summary.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            lines.append(f"  {label:<29} {float(summary[key]):.2f}")
+    lines.append(f"  files: {run_dir} (summary.json, metrics.csv, weights.csv, plots/)")
+    return "\n".join(lines)
+
 
 
 COMMANDS = {"run": _run, "demo": _demo, "compare": _compare, "configs": _configs, "plot": _plot,

@@ -67,7 +67,7 @@ def main(epochs: int = 2, pool_size: int | None = None) -> None:
         if bw.runtime.is_main():
             print(f"epoch {epoch}: rotation loss {loss:.3f}, meta loss "
                   f"{meta.last_meta_loss:.3f}, mean weight {w.mean():.3f} (min {w.min():.3f}, "
-                  f"max {w.max():.3f}, checksum {float(weights.log_alpha.sum()):.6f})")
+                  f"max {w.max():.3f}, checksum {float(weights.log_alpha.detach().sum()):.6f})")
     if distributed:
         torch.distributed.destroy_process_group()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -23,16 +22,26 @@ import torch
 from tqdm.auto import tqdm
 
 from betaweighter import __version__
-from betaweighter.checkpoint import rng_state, save_checkpoint, set_rng_state
+from betaweighter.checkpoint import all_rng_states, rng_state, save_checkpoint, set_rng_state
 from betaweighter.errors import CheckpointError, ConfigError, NonFiniteLossError
 from betaweighter.evaluate.features import extract_features
 from betaweighter.evaluate.linear import linear_probe, select_c
 from betaweighter.experiment import diagnostics, plots
-from betaweighter.experiment.config import Config, dump_config, load_config
+from betaweighter.experiment.config import Config, dump_config
 from betaweighter.experiment.factory import Components, build
+from betaweighter.experiment.interrupt import Interrupted, any_rank, stop_on_sigint
 from betaweighter.experiment.metrics import MetricsLog
+from betaweighter.experiment.report import write_report
+from betaweighter.experiment.resume import (
+    RESUME_OVERRIDES,
+    apply_resume_overrides,
+    check_moved_data,
+    fixed_part,
+    rescale_learning_rate,
+)
 from betaweighter.experiment.rundir import RunDir, create_run_dir
 from betaweighter.io import atomic_write_text, write_json
+from betaweighter.meta.distributed import assert_identical
 from betaweighter.runtime import (
     broadcast_object,
     is_main,
@@ -41,20 +50,7 @@ from betaweighter.runtime import (
     world,
 )
 
-__all__ = ["Interrupted", "RESUME_OVERRIDES", "Trainer"]
-
-#: Config keys that `betaweighter run --resume RUN --set KEY=VALUE` may change.
-RESUME_OVERRIDES = ("data.root", "data.pool_root", "data.target_root", "data.workers",
-                    "train.epochs", "train.lr", "train.device", "train.precision")
-
-
-class Interrupted(Exception):
-    """Training stopped on SIGINT after a checkpoint of the last completed step."""
-
-    def __init__(self, run_dir: Path, epoch: int, step: int) -> None:
-        self.run_dir, self.epoch, self.step = run_dir, epoch, step
-        super().__init__(f"interrupted; resume with: betaweighter run --resume {run_dir}")
-
+__all__ = ["RESUME_OVERRIDES", "Interrupted", "Trainer"]
 
 class Trainer:
     """One run in its own directory. Build it with `start` or `resume`; `run()` trains to
@@ -132,11 +128,11 @@ class Trainer:
         run = RunDir(run_dir)
         saved = run.config()
         state = run.state(which)
-        if _fixed_part(state["config"]) != _fixed_part(saved.to_dict()):
+        if fixed_part(state["config"]) != fixed_part(saved.to_dict()):
             raise CheckpointError(f"checkpoint {run.checkpoint_path(which)} was written with "
                                   f"another config than {run.config_path}: restore the "
                                   "original config.yaml, or start a new run")
-        cfg, changes = _apply_resume_overrides(saved, overrides or [], state)
+        cfg, changes = apply_resume_overrides(saved, overrides or [], state)
         if state["epoch"] >= cfg.train.epochs and state["epoch_step"] == 0:
             raise ConfigError(f"run {run.path} has finished all {cfg.train.epochs} epochs; "
                               "train it further with --set train.epochs=N (N > "
@@ -144,7 +140,7 @@ class Trainer:
         splits = run.path / "splits.json"
         trainer = cls(cfg, run.path, splits=splits if splits.is_file() else None)
         try:
-            trainer._check_data(run.info(), changes)
+            check_moved_data(run.info(), trainer.c.bundle, changes)
             trainer._load(state, which)
             # recorded with the next checkpoint
             trainer._pending_changes = [(k, old, new, trainer.epoch) for k, old, new in changes]
@@ -189,7 +185,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "histograms": [h.tolist() for h in self.histograms],
             "metrics": list(self.metrics.rows) if self.metrics else [],
-            "config": self.cfg.to_dict(), "rng": rng_state(), "rng_ranks": _rng_ranks(),
+            "config": self.cfg.to_dict(), "rng": rng_state(), "rng_ranks": all_rng_states(),
         }
 
     def _load(self, s: dict[str, Any], which: str) -> None:
@@ -209,7 +205,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path} does not match this run's model or "
                                   f"weights ({str(e).splitlines()[0]}); start a new run"
                                   ) from None
-        self._apply_lr_change()
+        rescale_learning_rate(c.optimizer, c.scheduler, self.cfg.train.lr)
         self.epoch, self.epoch_step, self.step = s["epoch"], s["epoch_step"], s["step"]
         self._partial = dict(s.get("partial") or {})
         self.images_seen, self.train_seconds = s["images_seen"], s["train_seconds"]
@@ -225,34 +221,6 @@ class Trainer:
             self._pending_rng = rng  # applied once the epoch's loader is rebuilt
         else:
             set_rng_state(rng)
-
-    def _apply_lr_change(self) -> None:
-        """After loading the optimiser state, apply a changed ``train.lr`` (resume
-        override) by rescaling every schedule proportionally."""
-        groups, sched = self.c.optimizer.param_groups, self.c.scheduler
-        base = sched.base_lrs[0]
-        if base != self.cfg.train.lr:
-            factor = self.cfg.train.lr / base
-            sched.base_lrs = [b * factor for b in sched.base_lrs]
-            for g in groups:
-                g["lr"] *= factor
-                g["initial_lr"] = g.get("initial_lr", base) * factor
-
-    def _check_data(self, info: dict[str, Any], changes: list[tuple[str, Any, Any]]) -> None:
-        moved = [c for c in changes if c[0] in ("data.root", "data.pool_root",
-                                                "data.target_root")]
-        if not moved:
-            return
-        before = info.get("data")
-        now = diagnostics.data_fingerprint(self.c.bundle)
-        if before is not None and before != now:
-            differ = sorted(k for k in now if before.get(k) != now.get(k))
-            raise ConfigError(f"the data at {moved[0][2]} differs from the run's "
-                              f"({', '.join(differ)}): resume with the data the run was "
-                              "started on")
-        for key, old, new in moved:
-            print(f"note: {key} moved from {old} to {new}; the data there matches the run's "
-                  "(sizes and sampled items)", file=sys.stderr)
 
     def _record_changes(self) -> None:
         """Write the settings changed on resume into config.yaml and run.json: just before
@@ -284,7 +252,7 @@ class Trainer:
         epochs = self.cfg.train.epochs
         bar = tqdm(range(self.epoch, epochs), desc=self.run_dir.name,
                    disable=progress_disabled(), initial=self.epoch, total=epochs)
-        with _stop_on_sigint(self):
+        with stop_on_sigint(self):
             for _ in bar:
                 row = self._train_epoch()
                 bar.set_postfix(loss=f"{row['train_loss']:.3f}",
@@ -340,7 +308,7 @@ class Trainer:
             self.step += 1
             bar.set_postfix(loss=f"{loss:.3f}", meta=f"{c.meta.last_meta_loss:.3f}",
                             w=f"{c.meta.last_mean_weight:.3f}")
-            if _any_rank(self._stop_requested):
+            if any_rank(self._stop_requested):
                 self._partial = {"losses": losses, "meta_losses": meta_losses, "seen": seen,
                                  "seconds": seconds + time.perf_counter() - start}
                 self._save(best=False)
@@ -370,7 +338,7 @@ class Trainer:
 
         episodes = c.meta.episodes
         loss = float(c.meta.backward(b.inputs, loss_fn, idx, copies=b.copies))
-        if _any_rank(not math.isfinite(loss)):
+        if any_rank(not math.isfinite(loss)):
             raise NonFiniteLossError(
                 f"the training loss became {loss} at epoch {self.epoch + 1}, step "
                 f"{self.epoch_step + 1} of the epoch; nothing after the last checkpoint "
@@ -408,7 +376,7 @@ class Trainer:
             "images_seen": self.images_seen, "lr": lr,
             "skipped_meta_steps": c.meta.skipped_meta_steps,
         }
-        _check_identical_weights(c.weights, self.epoch)
+        assert_identical(c.weights, f"the instance weights after epoch {self.epoch}")
         if self.metrics is not None:
             self.metrics.append(row)
         improved = val == val and val > self.best_val
@@ -457,125 +425,8 @@ class Trainer:
             "auroc_in_domain": rows[-1].get("auroc_in_domain") if rows else None,
             "train_seconds": self.train_seconds, "images_seen": self.images_seen,
         }
-        write_json(self.run_dir / "summary.json", summary)
-        pruned = c.pruner.pruned if c.pruner is not None else np.zeros(c.weights.num_instances,
-                                                                       bool)
-        atomic_write_text(self.run_dir / "weights.csv",
-                          diagnostics.weights_table(c.weights, pruned))
-        plots.save_extremes(self.run_dir / "plots" / "extremes.npz", c.weights, c.bundle)
-        plots.draw_run_plots(self.rundir)
+        write_report(self.rundir, summary, c.weights, c.pruner, c.bundle)
         return summary
-
-
-def format_summary(summary: dict[str, Any], run_dir: Path) -> str:
-    """A few readable lines for the end of ``betaweighter run``."""
-    lines = [f"run {summary['run']} finished: {summary['epochs']} epochs of "
-             f"{summary['method']} on {summary['dataset']}",
-             f"  test accuracy (linear probe)  {100 * summary['test_accuracy']:.1f}%  "
-             f"(best epoch {summary['best_epoch']}, "
-             f"val {100 * summary['best_val_accuracy']:.1f}%)",
-             f"  kept fraction                 {float(summary['kept_fraction']):.2f}",
-             f"  training time                 {summary['train_seconds']:.0f} s, "
-             f"{summary['images_seen']} images"]
-    for key, label in (("auroc_in_domain", "AUROC in-domain vs rest"),
-                       ("pruned_in_domain_share", "in-domain share of pruned")):
-        value = summary.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            lines.append(f"  {label:<29} {float(summary[key]):.2f}")
-    lines.append(f"  files: {run_dir} (summary.json, metrics.csv, weights.csv, plots/)")
-    return "\n".join(lines)
-
-
-def _fixed_part(config: dict[str, Any]) -> dict[str, Any]:
-    """A config without the keys a resume may change."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
-    for key in RESUME_OVERRIDES:
-        section, name = key.split(".")
-        out.get(section, {}).pop(name, None)
-    return out
-
-
-def _apply_resume_overrides(cfg: Config, overrides: list[str],
-                            state: dict[str, Any]) -> tuple[Config, list[tuple[str, Any, Any]]]:
-    from betaweighter.experiment.config import parse_override
-
-    for text in overrides:
-        key = ".".join(parse_override(text)[0])
-        if key not in RESUME_OVERRIDES:
-            raise ConfigError(f"--set {key} cannot change on --resume (the run would no longer "
-                              f"be the one it was); allowed: {', '.join(RESUME_OVERRIDES)}")
-    new = load_config(base=cfg.to_dict(), overrides=overrides)
-    old_d, new_d = state["config"], new.to_dict()  # what the checkpoint was made with
-    changes = []
-    for key in RESUME_OVERRIDES:
-        section, name = key.split(".")
-        if old_d[section][name] != new_d[section][name]:
-            changes.append((key, old_d[section][name], new_d[section][name]))
-    if new.train.epochs < state["epoch"]:
-        raise ConfigError(f"config key 'train.epochs': the run has already trained "
-                          f"{state['epoch']} epochs; give at least that many")
-    return new, changes
-
-
-@contextlib.contextmanager
-def _stop_on_sigint(trainer: Trainer):
-    """Turn the first Ctrl-C into a request to stop after the current step (the trainer
-    checkpoints it and raises `Interrupted`); a second Ctrl-C interrupts at once."""
-    if not hasattr(signal, "SIGINT") or not _in_main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if trainer._stop_requested:
-            raise KeyboardInterrupt
-        trainer._stop_requested = True
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def _any_rank(flag: bool) -> bool:
-    """True on every rank when `flag` is true on any (one collective under torchrun)."""
-    if world()[0] == 1:
-        return bool(flag)
-    t = torch.tensor([1.0 if flag else 0.0])
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item())
-
-
-def _rng_ranks() -> list[dict[str, Any]] | None:
-    """Every rank's random state (rank order) under torchrun, else None."""
-    if world()[0] == 1:
-        return None
-    states: list[Any] = [None] * world()[0]
-    torch.distributed.all_gather_object(states, rng_state())
-    return states
-
-
-def _check_identical_weights(weights: Any, epoch: int) -> None:
-    """Under torchrun, every rank must hold bitwise the same weights: compare a checksum."""
-    size = world()[0]
-    if size == 1:
-        return
-    total = torch.zeros(2, dtype=torch.float64)
-    for t in weights.state_dict().values():
-        if t.is_floating_point():
-            total[0] += t.detach().double().sum().cpu()
-            total[1] += t.detach().double().abs().sum().cpu()
-    sums = [torch.zeros(2, dtype=torch.float64) for _ in range(size)]
-    torch.distributed.all_gather(sums, total)
-    if any(not torch.equal(s, sums[0]) for s in sums):
-        raise RuntimeError(f"the instance weights differ between processes after epoch {epoch} "
-                           f"(checksums {[s.tolist() for s in sums]}): a bug, please report it")
 
 
 def _mean(values: list[float]) -> float:

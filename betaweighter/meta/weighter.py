@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from betaweighter.meta import checks, gradients
 from betaweighter.meta import distributed as dist
-from betaweighter.meta import gradients
 from betaweighter.meta.objectives import MetaObjective
 from betaweighter.meta.replay import RandomState
 from betaweighter.meta.virtual_step import VirtualOptimizer
@@ -228,19 +228,19 @@ class MetaWeighter:
         ``per_sample_loss(model(x))`` must return one loss per row. Returns the weighted
         loss, detached."""
         idx = self.weights._rows(torch.as_tensor(indices))
-        n_rows = _batch_size(x)
-        copies = _copies(copies, n_rows, idx.numel())
+        n_rows = checks.batch_size(x)
+        copies = checks.copies_per_instance(copies, n_rows, idx.numel())
         episode_now = self.needs_meta and self.calls % self.every == 0
         meta_now = episode_now or (self.learned and self.direction == "running")
         step = self.calls
         self.calls += 1
-        random_state = RandomState(_device_of(x)) if meta_now else None
+        random_state = RandomState(checks.device_of(x)) if meta_now else None
         saved = None if self.update_buffers else {
             n: b.clone() for n, b in self.module.named_buffers()}
         with self._autocast():
             out = self.model(x)
-        _check_output(out, n_rows)
-        losses = _check_losses(per_sample_loss(out), n_rows)
+        checks.check_output(out, n_rows)
+        losses = checks.check_losses(per_sample_loss(out), n_rows)
         dtype = torch.promote_types(losses.dtype, torch.float32)  # bf16/fp16 losses: float32
         inst_losses = losses.detach().to(dtype).view(-1, copies).mean(1)
         batch = gradients.Batch(self.module, x, per_sample_loss, losses, copies,
@@ -314,7 +314,7 @@ class MetaWeighter:
         torch.autograd.backward([w, reg] if reg.requires_grad else [w],
                                 [g_w.detach().to(w.dtype)] + ([torch.ones_like(reg)]
                                                               if reg.requires_grad else []))
-        step_rows = self._sync_weight_grads(idx)
+        step_rows = dist.sum_weight_grads(self.weights, idx, self.weight_optimizer.dense)
         self.weight_optimizer.step(step_rows)
         self.meta_steps += 1
         if episode:
@@ -367,25 +367,6 @@ class MetaWeighter:
     def _running_direction(self, names: list[str]) -> dict[str, Tensor]:
         return {n: self._running[n] / self._running_weight for n in names if n in self._running}
 
-    def _sync_weight_grads(self, idx: Tensor) -> Tensor:
-        """Under torch.distributed, make every rank's weight gradients the sum over all
-        ranks' rows; return the rows the optimiser steps (the global batch's)."""
-        if world()[0] == 1:
-            return idx
-        rows = torch.unique(idx)
-        params = dict(self.weights.named_parameters())
-        row_names = [n for n in self.weights.row_parameters if n in params
-                     and params[n].grad is not None and not self.weight_optimizer.dense]
-        local = [params[n].grad[rows] for n in row_names]
-        gathered, _ = dist.all_gather_rows(rows, *local)
-        for name, values in zip(row_names, gathered[1:]):
-            grad = torch.zeros_like(params[name])
-            grad.index_add_(0, gathered[0], values)
-            params[name].grad = grad
-        dist.sum_([p.grad for n, p in params.items()
-                   if n not in row_names and p.grad is not None])
-        return gathered[0]
-
     def _autocast(self) -> Any:
         dtype = PRECISIONS[self.precision]
         if dtype is None:
@@ -426,76 +407,3 @@ class MetaWeighter:
             params = dict(self.module.named_parameters())
             self._running = {n: t.to(params[n]) for n, t in running["sum"].items()}
             self._running_weight = float(running["weight"])
-
-
-# -- checks -------------------------------------------------------------------------------------
-def _device_of(x: Any) -> torch.device:
-    first = x if isinstance(x, Tensor) else next(t for t in _tensors(x))
-    return first.device
-
-
-def _tensors(obj: Any):
-    if isinstance(obj, Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for o in obj:
-            yield from _tensors(o)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            yield from _tensors(o)
-
-
-def _batch_size(x: Any) -> int:
-    if isinstance(x, Tensor):
-        if x.dim() == 0:
-            raise ValueError("x must be a batch with a leading batch dimension, got a scalar")
-        return x.shape[0]
-    first = next(_tensors(x), None) if isinstance(x, (list, tuple, dict)) else None
-    if first is None or first.dim() == 0:
-        raise TypeError(f"x must be a tensor (or a tuple or dict of tensors with a batch "
-                        f"dimension), got {type(x).__name__}")
-    return first.shape[0]
-
-
-def _copies(copies: int | str, n_rows: int, n_inst: int) -> int:
-    if n_inst == 0:
-        raise ValueError("indices is empty: nothing to train on")
-    if copies == "infer":
-        if n_rows % n_inst:
-            raise ValueError(
-                f"x has {n_rows} rows but indices has {n_inst} entries: x must hold the same "
-                "number of consecutive copies of each indexed instance (e.g. 4 rotations, "
-                "see bw.rotate4), so its length must be a multiple of len(indices)")
-        return n_rows // n_inst
-    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
-        raise ValueError(f"copies must be a positive integer or 'infer', got {copies!r}")
-    if n_rows != copies * n_inst:
-        raise ValueError(f"x has {n_rows} rows but {n_inst} indices x {copies} copies = "
-                         f"{n_inst * copies} were expected: pass one index per instance and "
-                         "`copies` consecutive rows for each")
-    return copies
-
-
-def _check_output(out: Any, n_rows: int) -> None:
-    """The model must return one output row per input row (checked before the loss runs)."""
-    for t in _tensors(out):
-        if t.dim() >= 1 and t.shape[0] != n_rows:
-            raise ValueError(f"the model returned an output of shape {tuple(t.shape)} for a "
-                             f"batch of {n_rows} inputs: its first dimension must be the "
-                             "batch (one output per input row)")
-    if isinstance(out, Tensor) and out.dim() == 0:
-        raise ValueError(f"the model returned a scalar for a batch of {n_rows} inputs: it "
-                         "must return one output per input row")
-
-
-def _check_losses(losses: Any, n_rows: int) -> Tensor:
-    if not isinstance(losses, Tensor):
-        raise TypeError(f"per_sample_loss must return a tensor, got {type(losses).__name__}")
-    if losses.dim() == 0:
-        raise ValueError("per_sample_loss returned a scalar: it must return one loss per "
-                         "sample, e.g. F.cross_entropy(out, y, reduction='none')")
-    if losses.shape != (n_rows,):
-        raise ValueError(f"per_sample_loss returned shape {tuple(losses.shape)}; expected "
-                         f"({n_rows},), one loss per input row (use reduction='none' and "
-                         "flatten any extra dimensions)")
-    return losses
