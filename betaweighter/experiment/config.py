@@ -29,7 +29,7 @@ from betaweighter.errors import ConfigError
 __all__ = ["METHODS", "Config", "ConfigError", "dump_config", "load_config", "parse_override"]
 
 METHODS = ("bdw", "dw", "l2rw", "nn", "weightnet", "heuristic", "random", "rotnet")
-PRETEXTS = ("rotation",)
+PRETEXTS = ("rotation", "rpn")
 
 
 def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
@@ -51,8 +51,9 @@ class ExperimentSection:
 class DataSection:
     # demo: the embedded set (no files); stl10: STL-10 binaries under `root`; decathlon:
     # Visual Decathlon under `root` with `target` as the labelled domain; folders: your own
-    # ImageFolder trees (`pool_root`, `target_root`).
-    name: Literal["demo", "stl10", "decathlon", "folders"] = "demo"
+    # ImageFolder trees (`pool_root`, `target_root`); shapes: generated detection scenes
+    # (betaweighter.data.shapes, no files).
+    name: Literal["demo", "stl10", "decathlon", "folders", "shapes"] = "demo"
     root: str | None = field(default=None, metadata=PATH)
     target: str | None = None
     pool_root: str | None = field(default=None, metadata=PATH)
@@ -76,6 +77,9 @@ class PretextSection:
     name: Literal[PRETEXTS] = "rotation"  # type: ignore[valid-type]
     # Keyword arguments of the pretext task's class (checked against its signature).
     options: dict = field(default_factory=dict)
+    # A checkpoint (or run directory) whose backbone the task starts from, e.g. a
+    # rotation-pretrained ResNet for pretext rpn; null: a randomly initialised model.
+    init: str | None = field(default=None, metadata=PATH)
 
 
 @dataclass
@@ -89,7 +93,10 @@ class WeightsSection:
 class MetaSection:
     # The rotation model's head has 4 outputs, so a classification meta objective needs a
     # head of its own: use bw.ClassificationLoss(head=...) from Python for that.
-    objective: Literal["prototypical"] = "prototypical"
+    # detection: the RPN loss on `detection_batch` labelled target images (pretext rpn on
+    # data with a detection target, e.g. shapes).
+    objective: Literal["prototypical", "detection"] = "prototypical"
+    detection_batch: int = field(default=4, metadata=_range(1))
     way: int = field(default=10, metadata=_range(2))
     shot: int = field(default=10, metadata=_range(1))
     query: int = field(default=10, metadata=_range(1))
@@ -211,8 +218,32 @@ class DetectionData:
 
 
 @dataclass
+class FewShotDetection:
+    # Novel classes by name; null: TFA's VOC split `split` (1, 2 or 3).
+    novel_classes: list[str] | None = None
+    split: int = field(default=1, metadata=_range(1, 3))
+    shots: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 10])
+    # tfa: base training, then only the box predictor on the K-shot set; direct: the whole
+    # detector on the K-shot set, from the initialisation.
+    finetune: Literal["tfa", "direct"] = "tfa"
+    base_images: int = field(default=20_000, metadata=_range(1))
+
+
+@dataclass
 class DetectionTask:
     data: DetectionData = field(default_factory=DetectionData)
+    # backbone: only the trunk is pre-trained; rpn: also the FPN and RPN of an RPN
+    # pre-training checkpoint (pretext rpn), the rest starts fresh.
+    init: Literal["backbone", "rpn"] = "backbone"
+    # null: the checkpoint's (init: rpn) or torchvision's defaults
+    anchor_sizes: list[int] | None = None
+    aspect_ratios: list[float] | None = None
+    # full: one run on all training images; label_scarce: each of `fractions` of the
+    # images, for each of `seeds`; few_shot: the K-shot protocol of `few_shot`.
+    protocol: Literal["full", "label_scarce", "few_shot"] = "full"
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    few_shot: FewShotDetection = field(default_factory=FewShotDetection)
     batch_size: int = field(default=2, metadata=_range(1))
     num_workers: int = field(default=0, metadata=_range(0))
     seed: int = field(default=0, metadata=_range(0))
@@ -514,6 +545,16 @@ def _merge(a: dict, b: dict) -> dict:
 
 
 def _check_consistency(cfg: Config) -> None:
+    det = cfg.evaluate.detection
+    if any(not 0 < f <= 1 for f in det.fractions) or not det.fractions:
+        raise ConfigError(f"config key 'evaluate.detection.fractions': fractions of the "
+                          f"training images, each in (0, 1], got {det.fractions}")
+    if any(k < 1 for k in det.few_shot.shots) or not det.few_shot.shots:
+        raise ConfigError(f"config key 'evaluate.detection.few_shot.shots': K values >= 1, "
+                          f"got {det.few_shot.shots}")
+    if det.anchor_sizes is not None and len(det.anchor_sizes) != 5:
+        raise ConfigError(f"config key 'evaluate.detection.anchor_sizes': one size per pyramid "
+                          f"level (5 values), got {det.anchor_sizes}")
     d = cfg.data
     if d.name == "decathlon" and not d.target:
         raise ConfigError("config key 'data.target': the Visual Decathlon target domain is "
