@@ -20,13 +20,13 @@ from betaweighter.evaluate.detection import (
     evaluate_detection,
     load_detector_init,
 )
+from betaweighter.evaluate.detection_metrics import coco_box_metrics, voc07_detection_ap
 from betaweighter.evaluate.detection_protocols import (
     evaluate_few_shot_detection,
     evaluate_label_scarce,
     few_shot_set,
     label_subsets,
 )
-from betaweighter.evaluate.detection_metrics import coco_box_metrics, voc07_detection_ap
 from betaweighter.evaluate.features import extract_features
 from betaweighter.evaluate.fewshot import Episodes, evaluate_fewshot, fit_fewshot, make_episodes
 from betaweighter.evaluate.finetune import evaluate_finetune

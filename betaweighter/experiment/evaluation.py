@@ -30,7 +30,6 @@ from betaweighter.evaluate.detection_protocols import (
     evaluate_label_scarce,
     novel_classes,
 )
-from betaweighter.pretext.rpn import ANCHOR_SIZES, ASPECT_RATIOS
 from betaweighter.evaluate.features import extract_features
 from betaweighter.evaluate.fewshot import Episodes, fit_fewshot, make_episodes
 from betaweighter.evaluate.finetune import evaluate_finetune
@@ -38,6 +37,7 @@ from betaweighter.evaluate.linear import linear_probe
 from betaweighter.experiment.config import Config, load_config
 from betaweighter.io import write_json
 from betaweighter.models import Backbone, load_backbone
+from betaweighter.pretext.rpn import ANCHOR_SIZES, ASPECT_RATIOS
 from betaweighter.runtime import resolve_device
 
 __all__ = ["TASKS", "evaluate_checkpoint", "result_path"]

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from betaweighter.data import SHAPE_CLASSES, load_coco, load_voc, shapes
-from betaweighter.data.sources.shapes import _scenes, shapes_scene, write_shapes_coco, write_shapes_voc
+from betaweighter.data.sources.shapes import (
+    _scenes,
+    shapes_scene,
+    write_shapes_coco,
+    write_shapes_voc,
+)
 from betaweighter.errors import DataError
 
 
@@ -31,7 +36,7 @@ def test_voc_and_coco_files_hold_the_generated_boxes(tmp_path):
     images, annotations = write_shapes_coco(tmp_path / "coco", images=4, size=64, seed=2)
     coco = load_coco(images, annotations, on_bad_box="error")
     assert coco.classes == list(SHAPE_CLASSES)
-    for (pixels, boxes, labels), k in zip(_scenes(4, 64, 2, 0), range(4)):
+    for (pixels, boxes, _), k in zip(_scenes(4, 64, 2, 0), range(4)):
         image, target = coco[k]
         torch.testing.assert_close(target["boxes"], torch.from_numpy(boxes))
         assert torch.equal(image, torch.from_numpy(pixels).permute(2, 0, 1).float() / 255)

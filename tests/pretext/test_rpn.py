@@ -6,15 +6,17 @@ import copy
 
 import pytest
 import torch
+from helpers import one_thread  # noqa: F401 (a fixture)
 
 import betaweighter as bw
-from helpers import one_thread  # noqa: F401
 from betaweighter.checkpoint import read_checkpoint
 from betaweighter.data import shapes
 from betaweighter.errors import CheckpointError, DataError
 from betaweighter.evaluate.detection import build_faster_rcnn, load_detector_init
 from betaweighter.models import build_model
 from betaweighter.pretext.rpn import RPNPretext
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,7 @@ def _pretext(seed=0, **kw):
     return RPNPretext(build_model("resnet18"), **kw)
 
 
-def test_per_image_losses_average_to_torchvisions_batch_loss(bundle, one_thread):
+def test_per_image_losses_average_to_torchvisions_batch_loss(bundle):
     p = _pretext(mean=bundle.mean, std=bundle.std).train()
     x = torch.stack([bundle.pool[i][0] for i in range(3)])
     boxes = [bundle.detection_target[i][1]["boxes"] for i in range(3)]
@@ -49,7 +51,7 @@ def test_per_image_losses_average_to_torchvisions_batch_loss(bundle, one_thread)
     torch.testing.assert_close(box.mean(), tv_box)
 
 
-def test_the_pretext_loss_falls_on_the_generated_set(bundle, one_thread):
+def test_the_pretext_loss_falls_on_the_generated_set(bundle):
     p = _pretext(boxes="random", mean=bundle.mean, std=bundle.std).train()
     opt = torch.optim.SGD([q for q in p.parameters() if q.requires_grad], lr=0.02,
                           momentum=0.9)
@@ -70,7 +72,7 @@ def test_the_pretext_loss_falls_on_the_generated_set(bundle, one_thread):
         assert torch.equal(v, trunk[k]), k
 
 
-def test_a_trainable_trunk_keeps_its_batchnorm_fixed(bundle, one_thread):
+def test_a_trainable_trunk_keeps_its_batchnorm_fixed(bundle):
     p = _pretext(train_trunk=True, mean=bundle.mean, std=bundle.std).train()
     enc = p.backbone.encoder
     assert enc.layer1[0].conv1.weight.requires_grad and not enc.bn1.weight.requires_grad
@@ -78,7 +80,7 @@ def test_a_trainable_trunk_keeps_its_batchnorm_fixed(bundle, one_thread):
     assert not p.backbone.head.weight.requires_grad  # the rotation head is not used
 
 
-def test_forward_mode_meta_gradient_equals_double_backward(bundle, one_thread):
+def test_forward_mode_meta_gradient_equals_double_backward(bundle):
     x = torch.stack([bundle.pool[i][0] for i in range(2)])[..., :32, :32].double()
     target = bw.data.BoxedImages(x.clone(), [torch.tensor([[4.0, 4.0, 20.0, 24.0]]),
                                              torch.tensor([[10.0, 2.0, 30.0, 14.0]])],
