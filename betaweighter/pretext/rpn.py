@@ -289,6 +289,14 @@ class RPNPretext(Pretext):
         labels, regression = self.targets(boxes, x.shape[-2], x.shape[-1], x.device)
         return PretextBatch(x, lambda out: self.loss(out, labels, regression), self.copies)
 
+    def get_extra_state(self) -> dict[str, Any]:
+        """The pseudo-box source's random state (copy_paste), so a resumed run pastes the
+        same crops."""
+        return {"boxes": self.boxes.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.boxes.load_state_dict(state.get("boxes", {}))
+
     # -- export -----------------------------------------------------------------------------
     def detector_state(self) -> dict[str, Any]:
         """The trained tensors under torchvision ``FasterRCNN`` names, and the settings a

@@ -86,3 +86,13 @@ def test_a_missing_extra_is_named(monkeypatch):
         PseudoBoxes("selective_search")
     with pytest.raises(ValueError, match="must be one of"):
         PseudoBoxes("edge_boxes")
+
+
+def test_copy_paste_state_round_trips():
+    a = PseudoBoxes("copy_paste", seed=3)
+    a.paste(torch.rand(2, 3, 16, 16))
+    state = a.state_dict()
+    b = PseudoBoxes("copy_paste", seed=9)
+    b.load_state_dict(state)
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(a.paste(x)[0], b.paste(x)[0])
