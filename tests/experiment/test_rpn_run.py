@@ -112,3 +112,22 @@ def test_rpn_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="'evaluate.detection.fractions'"):
         load_config(overrides=["evaluate.detection.fractions=[1.5]"])
     assert list(tmp_path.iterdir()) == []  # nothing started
+
+
+def test_few_shot_detection_from_yaml(tmp_path, finished):
+    write_shapes_voc(tmp_path / "voc", images=12, size=64, seed=0, split="trainval")
+    write_shapes_voc(tmp_path / "voc", images=2, size=64, seed=1, split="test", start=12)
+    section = {"init": "rpn", "protocol": "few_shot", "seeds": [0], "images": 2,
+               "min_size": [64], "max_size": 64,
+               "few_shot": {"novel_classes": ["triangle"], "shots": [1], "finetune": "direct"},
+               "data": {"train": {"format": "voc", "root": "voc"},
+                        "test": {"format": "voc", "root": "voc", "split": "test"}}}
+    cfg = tmp_path / "fewshot.yaml"
+    cfg.write_text(yaml.safe_dump({"evaluate": {"detection": section}}))
+    result = evaluate_checkpoint(finished[0], "detection", cfg, device="cpu")["result"]
+    assert result["novel_classes"] == ["triangle"] and result["finetune"] == "direct"
+    assert result["init"]["fresh"] == ["roi_heads.box_head", "roi_heads.box_predictor"]
+    assert set(result["results"]["1-shot"]) >= {"nAP", "nAP_std", "bAP", "runs"}
+    with pytest.raises(ConfigError, match="few_shot.split"):
+        evaluate_checkpoint(finished[0], "detection", cfg,
+                            ["evaluate.detection.few_shot.split=4"], device="cpu")
