@@ -51,6 +51,7 @@ from betaweighter.data import (  # noqa: E402
 )
 from betaweighter.evaluate.detection_protocols import (  # noqa: E402
     evaluate_label_scarce,
+    mean_std,
 )
 from betaweighter.models import build_model  # noqa: E402
 
@@ -186,7 +187,8 @@ def main(argv=None) -> None:
     p.add_argument("--weight-lr", type=float, default=1.0)
     p.add_argument("--det-images", type=int, default=600,
                    help="images seen by each detection fine-tuning")
-    p.add_argument("--det-lr", type=float, default=0.02)
+    p.add_argument("--det-lr", type=float, default=0.01)
+    p.add_argument("--warmup-images", type=int, default=200)
     p.add_argument("--trainable-layers", type=int, default=1)
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -212,25 +214,38 @@ def main(argv=None) -> None:
                                             in_domain, device, weighted=True)}
         table = {}
         for name, init in inits.items():
-            t0 = time.perf_counter()
-            r = evaluate_label_scarce(
-                backbone, train, test, fractions=args.fractions, seeds=args.seeds,
-                detector_init=init, images=args.det_images, batch_size=4,
-                min_size=args.size, max_size=args.size, image_mean=mean, image_std=std,
-                trainable_layers=args.trainable_layers, lr=args.det_lr, warmup_images=100,
-                device=device)
-            for frac, res in r["results"].items():
-                for run in res["runs"]:
-                    log(stage="detection", init=name, fraction=frac, **run)
-                table[(name, frac)] = res
-            log(stage="detection_done", init=name, loaded=r["init"]["loaded"],
-                fresh=r["init"]["fresh"], seconds=time.perf_counter() - t0)
-    print("\n| init | labels | AP | AP50 | AP75 |", file=sys.stderr)
-    print("| --- | --- | --- | --- | --- |", file=sys.stderr)
-    for (name, frac), res in table.items():
-        cells = [f"{100 * res[k]:.1f} ± {100 * res[k + '_std']:.1f}"
-                 if res[k] is not None else "n/a" for k in ("AP", "AP50", "AP75")]
-        print(f"| {name} | {frac} | " + " | ".join(cells) + " |", file=sys.stderr)
+            t0, report = time.perf_counter(), {}
+            for frac in args.fractions:
+                runs = []
+                for seed in args.seeds:  # one run at a time, logged as it ends
+                    try:
+                        r = evaluate_label_scarce(
+                            backbone, train, test, fractions=[frac], seeds=[seed],
+                            detector_init=init, images=args.det_images, batch_size=4,
+                            min_size=args.size, max_size=args.size, image_mean=mean,
+                            image_std=std, trainable_layers=args.trainable_layers,
+                            lr=args.det_lr, warmup_images=args.warmup_images, device=device)
+                    except FloatingPointError as e:  # a diverged run is a result too
+                        log(stage="detection", init=name, fraction=f"{100 * frac:g}%",
+                            seed=seed, diverged=str(e))
+                        continue
+                    (res,) = r["results"].values()
+                    report = r["init"]
+                    run = res["runs"][0]
+                    log(stage="detection", init=name, fraction=f"{100 * frac:g}%", **run)
+                    runs.append(run)
+                table[(name, f"{100 * frac:g}%")] = runs
+            log(stage="detection_done", init=name, loaded=report.get("loaded"),
+                fresh=report.get("fresh"), seconds=time.perf_counter() - t0)
+    print("\n| init | labels | AP | AP50 | AP75 | runs |", file=sys.stderr)
+    print("| --- | --- | --- | --- | --- | --- |", file=sys.stderr)
+    for (name, frac), runs in table.items():
+        cells = []
+        for k in ("AP", "AP50", "AP75"):
+            m, s = mean_std([r[k] for r in runs])
+            cells.append("n/a" if m is None else f"{100 * m:.1f} ± {100 * s:.1f}")
+        print(f"| {name} | {frac} | " + " | ".join(cells) + f" | {len(runs)} |",
+              file=sys.stderr)
     print(f"total wall time {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
 
