@@ -36,10 +36,11 @@ from betaweighter.experiment.tasks import (
 __all__ = ["METHODS", "Config", "ConfigError", "dump_config", "load_config", "parse_override"]
 
 METHODS = ("bdw", "dw", "l2rw", "nn", "weightnet", "heuristic", "random", "rotnet")
-PRETEXTS = ("rotation",)
+PRETEXTS = ("rotation", "rpn")
 
 
 _range = span
+
 
 @dataclass
 class ExperimentSection:
@@ -53,8 +54,9 @@ class DataSection:
     # demo: the embedded set (no files); mixture: drawn shapes with four kinds of
     # distractors (no files); stl10: STL-10 binaries under `root`; decathlon:
     # Visual Decathlon under `root` with `target` as the labelled domain; folders: your own
-    # ImageFolder trees (`pool_root`, `target_root`).
-    name: Literal["demo", "mixture", "stl10", "decathlon", "folders"] = "demo"
+    # ImageFolder trees (`pool_root`, `target_root`); shapes: generated detection scenes
+    # (betaweighter.data.shapes, no files).
+    name: Literal["demo", "mixture", "stl10", "decathlon", "folders", "shapes"] = "demo"
     root: str | None = field(default=None, metadata=PATH)
     target: str | None = None
     pool_root: str | None = field(default=None, metadata=PATH)
@@ -78,6 +80,9 @@ class PretextSection:
     name: Literal[PRETEXTS] = "rotation"  # type: ignore[valid-type]
     # Keyword arguments of the pretext task's class (checked against its signature).
     options: dict = field(default_factory=dict)
+    # A checkpoint (or run directory) whose backbone the task starts from, e.g. a
+    # rotation-pretrained ResNet for pretext rpn; null: a randomly initialised model.
+    init: str | None = field(default=None, metadata=PATH)
 
 
 @dataclass
@@ -91,7 +96,10 @@ class WeightsSection:
 class MetaSection:
     # The rotation model's head has 4 outputs, so a classification meta objective needs a
     # head of its own: use bw.ClassificationLoss(head=...) from Python for that.
-    objective: Literal["prototypical"] = "prototypical"
+    # detection: the RPN loss on `detection_batch` labelled target images (pretext rpn on
+    # data with a detection target, e.g. shapes).
+    objective: Literal["prototypical", "detection"] = "prototypical"
+    detection_batch: int = field(default=4, metadata=_range(1))
     way: int = field(default=10, metadata=_range(2))
     shot: int = field(default=10, metadata=_range(1))
     query: int = field(default=10, metadata=_range(1))
@@ -290,6 +298,16 @@ def _merge(a: dict, b: dict) -> dict:
 
 
 def _check_consistency(cfg: Config) -> None:
+    det = cfg.evaluate.detection
+    if any(not 0 < f <= 1 for f in det.fractions) or not det.fractions:
+        raise ConfigError(f"config key 'evaluate.detection.fractions': fractions of the "
+                          f"training images, each in (0, 1], got {det.fractions}")
+    if any(k < 1 for k in det.few_shot.shots) or not det.few_shot.shots:
+        raise ConfigError(f"config key 'evaluate.detection.few_shot.shots': K values >= 1, "
+                          f"got {det.few_shot.shots}")
+    if det.anchor_sizes is not None and len(det.anchor_sizes) != 5:
+        raise ConfigError(f"config key 'evaluate.detection.anchor_sizes': one size per pyramid "
+                          f"level (5 values), got {det.anchor_sizes}")
     d = cfg.data
     if d.name == "decathlon" and not d.target:
         raise ConfigError("config key 'data.target': the Visual Decathlon target domain is "

@@ -15,10 +15,12 @@ import betaweighter as bw
 from betaweighter import data as bwdata
 from betaweighter.errors import ConfigError
 from betaweighter.experiment.config import Config
+from betaweighter.meta.distributed import unwrap as dist_unwrap
 from betaweighter.meta.weighter import MetaWeighter
-from betaweighter.models import build_model
+from betaweighter.models import build_model, load_backbone
 from betaweighter.pretext.base import Pretext
 from betaweighter.pretext.rotation import RotationPretext
+from betaweighter.pretext.rpn import RPNPretext, resnet_model_config
 from betaweighter.pruning import PruningScheduler
 from betaweighter.runtime import resolve_device, world
 from betaweighter.weights.base import InstanceWeights
@@ -50,7 +52,7 @@ def checked_kwargs(fn: Callable, options: dict[str, Any], key: str,
 def build_data(cfg: Config, seed: int, splits: Any = None) -> bwdata.DataBundle:
     d = cfg.data
     opts = dict(d.options)
-    if d.name in ("demo", "mixture"):  # determined by the seed: no split file to read back
+    if d.name in ("demo", "mixture", "shapes"):  # determined by the seed: no split file
         builder = getattr(bwdata, d.name)
         return builder(**checked_kwargs(builder, opts, "data.options", ("seed",)), seed=seed)
     if splits is not None:  # a resumed run reads back the exact splits it was started with
@@ -74,10 +76,34 @@ def _rotation(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, 
     return RotationPretext(build_model(**model_config), **options), model_config
 
 
+def _rpn(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, Any]]:
+    """FPN + RPN on pseudo boxes over a ResNet: a fresh one (model.name) or the backbone of
+    the checkpoint ``pretext.init`` (e.g. a rotation run)."""
+    checked_kwargs(RPNPretext, options, "pretext.options", ("backbone", "mean", "std"))
+    if cfg.pretext.init:
+        backbone = load_backbone(cfg.pretext.init, "cpu")
+        model_config = resnet_model_config(backbone)
+        if model_config["name"] != cfg.model.name:
+            raise ConfigError(f"config key 'model.name': {cfg.model.name!r}, but the checkpoint "
+                              f"pretext.init ({cfg.pretext.init}) holds a "
+                              f"{model_config['name']}: set model.name={model_config['name']}")
+    else:
+        if cfg.model.name not in ("resnet18", "resnet50"):
+            raise ConfigError(f"config key 'model.name': pretext rpn needs a ResNet (resnet18 "
+                              f"or resnet50), got {cfg.model.name!r}")
+        backbone = build_model(cfg.model.name, num_classes=4)
+        model_config = {"name": cfg.model.name, "num_classes": 4}
+    try:
+        return RPNPretext(backbone.train(), **options), model_config
+    except (TypeError, ValueError, ImportError) as e:
+        raise ConfigError(f"config section 'pretext.options' for rpn: {e}") from None
+
+
 #: pretext name -> builder(cfg, options) -> (pretext module, model_config of its backbone)
 PRETEXT_BUILDERS: dict[str, Callable[[Config, dict[str, Any]],
                                      tuple[Pretext, dict[str, Any]]]] = {
     "rotation": _rotation,
+    "rpn": _rpn,
 }
 
 
@@ -115,7 +141,17 @@ def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> Any:
 def build_meta(cfg: Config, model: nn.Module, weights: InstanceWeights,
                optimizer: torch.optim.Optimizer, target: Any, scaler: Any) -> MetaWeighter:
     m = cfg.meta
-    objective = bw.PrototypicalLoss(m.way, m.shot, m.query, seed=cfg.experiment.seed)
+    if m.objective == "detection":
+        if not callable(getattr(dist_unwrap(model), "target_loss", None)):
+            raise ConfigError(f"config key 'meta.objective': detection needs a pretext with a "
+                              f"box loss (rpn), not {cfg.pretext.name!r}")
+        if target is None:
+            raise ConfigError(f"config key 'meta.objective': detection needs labelled target "
+                              f"images with boxes, which data {cfg.data.name!r} does not "
+                              "provide (use data.name=shapes, or the prototypical objective)")
+        objective = bw.DetectionLoss(m.detection_batch, seed=cfg.experiment.seed)
+    else:
+        objective = bw.PrototypicalLoss(m.way, m.shot, m.query, seed=cfg.experiment.seed)
     weight_optimizer = None
     if isinstance(weights, bw.weights.LearnedWeights):
         weight_optimizer = bw.WeightOptimizer(
@@ -189,6 +225,7 @@ def build(cfg: Config, splits: Any = None) -> Components:
     torch.manual_seed(seed)
     name = cfg.pretext.name
     pretext, model_config = PRETEXT_BUILDERS[name](cfg, dict(cfg.pretext.options))
+    pretext.bind_data(bundle)
     pretext.to(device)
     model: nn.Module = pretext
     if cfg.train.sync_batchnorm:
@@ -204,7 +241,9 @@ def build(cfg: Config, splits: Any = None) -> Components:
     if callable(getattr(weights, "fit", None)):  # NN-Weighter: distances to the target set
         weights.fit(bundle.pool, bundle.target_train, pretext)
     scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
-    meta = build_meta(cfg, model, weights, optimizer, bundle.target_train, scaler)
+    target = (bundle.detection_target if cfg.meta.objective == "detection"
+              else bundle.target_train)
+    meta = build_meta(cfg, model, weights, optimizer, target, scaler)
     pruner = build_pruner(cfg, weights, bundle.in_domain) if cfg.pruning.enabled else None
     return Components(bundle, pretext, model, model_config, optimizer, scheduler, weights, meta,
                       pruner, device, scaler)

@@ -16,7 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
-__all__ = ["HIST_BINS", "curves", "diagnostics", "image_grid", "weight_histograms"]
+__all__ = ["HIST_BINS", "curves", "diagnostics", "image_grid", "losses", "weight_histograms"]
 
 HIST_BINS = np.linspace(0.0, 1.0, 41)
 
@@ -61,6 +61,26 @@ def curves(rows: list[dict[str, Any]], path: Path) -> Path:
         axes[1, col].set_ylabel("kept fraction")
         axes[1, col].set_ylim(0, 1.05)
         axes[1, col].set_xlabel(label)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def losses(rows: list[dict[str, Any]], path: Path) -> Path:
+    """The training loss, its parts (the ``pretext_*`` columns, e.g. RPN objectness and
+    box regression) and the meta loss against epoch."""
+    epoch = np.array([_num(r, "epoch") for r in rows])
+    keys = ["train_loss"] + [k for k in (rows[0] if rows else {}) if k.startswith("pretext_")]
+    fig = Figure(figsize=(9, 3.8))
+    left, right = fig.subplots(1, 2)
+    for key in keys:
+        left.plot(epoch, [_num(r, key) for r in rows], marker="o", label=key)
+    left.set_title("pretext loss", fontsize=10)
+    left.legend(fontsize=8)
+    right.plot(epoch, [_num(r, "meta_loss") for r in rows], marker="o", color="tab:red")
+    right.set_title("meta loss (target objective)", fontsize=10)
+    for ax in (left, right):
+        ax.set_xlabel("epoch")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
@@ -145,7 +165,8 @@ def draw_run_plots(run: Any) -> list[Path]:
     rows = list(state["metrics"])
     paths = [weight_histograms([np.asarray(h) for h in state["histograms"]],
                                out / "weight_histograms.png"),
-             curves(rows, out / "curves.png"), diagnostics(rows, out / "diagnostics.png")]
+             curves(rows, out / "curves.png"), diagnostics(rows, out / "diagnostics.png"),
+             losses(rows, out / "losses.png")]
     extremes = out / "extremes.npz"
     if not extremes.is_file() and run.summary() is not None:
         import warnings

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["PATH", "ClassificationData", "DetectionData", "DetectionTask", "FewshotTask",
-           "FinetuneTask", "LinearTask", "span"]
+__all__ = ["PATH", "ClassificationData", "DetectionData", "DetectionTask", "FewShotDetection",
+           "FewshotTask", "FinetuneTask", "LinearTask", "span"]
 
 
 def span(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
@@ -94,8 +94,32 @@ class DetectionData:
 
 
 @dataclass
+class FewShotDetection:
+    # Novel classes by name; null: TFA's VOC split `split` (1, 2 or 3).
+    novel_classes: list[str] | None = None
+    split: int = field(default=1, metadata=_range(1, 3))
+    shots: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 10])
+    # tfa: base training, then only the box predictor on the K-shot set; direct: the whole
+    # detector on the K-shot set, from the initialisation.
+    finetune: Literal["tfa", "direct"] = "tfa"
+    base_images: int = field(default=20_000, metadata=_range(1))
+
+
+@dataclass
 class DetectionTask:
     data: DetectionData = field(default_factory=DetectionData)
+    # backbone: only the trunk is pre-trained; rpn: also the FPN and RPN of an RPN
+    # pre-training checkpoint (pretext rpn), the rest starts fresh.
+    init: Literal["backbone", "rpn"] = "backbone"
+    # null: the checkpoint's (init: rpn) or torchvision's defaults
+    anchor_sizes: list[int] | None = None
+    aspect_ratios: list[float] | None = None
+    # full: one run on all training images; label_scarce: each of `fractions` of the
+    # images, for each of `seeds`; few_shot: the K-shot protocol of `few_shot`.
+    protocol: Literal["full", "label_scarce", "few_shot"] = "full"
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    few_shot: FewShotDetection = field(default_factory=FewShotDetection)
     batch_size: int = field(default=2, metadata=_range(1))
     num_workers: int = field(default=0, metadata=_range(0))
     seed: int = field(default=0, metadata=_range(0))

@@ -186,6 +186,7 @@ class Trainer:
             "histograms": [h.tolist() for h in self.histograms],
             "metrics": list(self.metrics.rows) if self.metrics else [],
             "config": self.cfg.to_dict(), "rng": rng_state(), "rng_ranks": all_rng_states(),
+            **c.pretext.checkpoint_entries(),
         }
 
     def _load(self, s: dict[str, Any], which: str) -> None:
@@ -285,6 +286,7 @@ class Trainer:
         total = len(loader) if limit is None else min(len(loader), limit)
         p = self._partial
         losses, meta_losses = p.get("losses", []), p.get("meta_losses", [])
+        parts: list[dict[str, float]] = p.get("parts", [])
         seen, seconds = p.get("seen", 0), p.get("seconds", 0.0)
         c.model.train()
         batches = iter(loader)
@@ -303,6 +305,7 @@ class Trainer:
             losses.append(loss)
             if meta_loss is not None:
                 meta_losses.append(meta_loss)
+            parts.append(c.pretext.loss_parts())
             seen += len(x)
             self.epoch_step += 1
             self.step += 1
@@ -310,6 +313,7 @@ class Trainer:
                             w=f"{c.meta.last_mean_weight:.3f}")
             if any_rank(self._stop_requested):
                 self._partial = {"losses": losses, "meta_losses": meta_losses, "seen": seen,
+                                 "parts": parts,
                                  "seconds": seconds + time.perf_counter() - start}
                 self._save(best=False)
                 raise Interrupted(self.run_dir, self.epoch, self.epoch_step)
@@ -317,7 +321,7 @@ class Trainer:
         self.train_seconds += seconds
         self.images_seen += seen
         self._partial, self.epoch_step = {}, 0
-        return self._end_epoch(losses, meta_losses, seconds)
+        return self._end_epoch(losses, meta_losses, seconds, parts)
 
     def _train_step(self, x: torch.Tensor, idx: torch.Tensor,
                     padding: torch.Tensor) -> tuple[float, float | None]:
@@ -354,7 +358,8 @@ class Trainer:
         return loss, (c.meta.last_meta_loss if c.meta.episodes > episodes else None)
 
     def _end_epoch(self, losses: list[float], meta_losses: list[float],
-                   seconds: float) -> dict[str, Any]:
+                   seconds: float, parts: list[dict[str, float]] | None = None
+                   ) -> dict[str, Any]:
         c, cfg = self.c, self.cfg
         lr = c.optimizer.param_groups[0]["lr"]
         c.scheduler.step()
@@ -375,6 +380,8 @@ class Trainer:
             "pruned_in_domain": record.get("pruned_in_domain"), "epoch_seconds": seconds,
             "images_seen": self.images_seen, "lr": lr,
             "skipped_meta_steps": c.meta.skipped_meta_steps,
+            **{f"pretext_{k}": _mean([p[k] for p in parts or [] if k in p])
+               for k in dict.fromkeys(k for p in parts or [] for k in p)},
         }
         assert_identical(c.weights, f"the instance weights after epoch {self.epoch}")
         if self.metrics is not None:

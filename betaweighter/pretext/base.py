@@ -6,7 +6,9 @@ the model handed to `MetaWeighter` and to the optimiser. `batch` turns a batch o
 images into a `PretextBatch`: the inputs, a per-row loss and the number of rows per
 instance (``copies``: 4 rotations, 2 views, 1). Anything the task keeps outside the
 gradient (a momentum encoder, a queue of negatives) is updated in `after_step`, which the
-training loop calls after ``optimizer.step()``.
+training loop calls after ``optimizer.step()``. `loss_parts` reports the pieces of a
+composite loss for the metrics, and `checkpoint_entries` adds task-specific entries (a
+detector initialisation) to the checkpoints a run writes.
 """
 
 from __future__ import annotations
@@ -46,3 +48,17 @@ class Pretext(nn.Module):
 
     def after_step(self) -> None:
         """Update what the task keeps outside the gradient (after ``optimizer.step()``)."""
+
+    def bind_data(self, bundle: Any) -> None:
+        """Learn what the task needs to know of the data it will see (a `DataBundle`: e.g.
+        its normalisation, to look at pixels); called by the experiment factory."""
+
+    def loss_parts(self) -> dict[str, float]:
+        """The components of the last batch's loss (name -> batch mean), for the metrics of
+        a task whose loss is a sum (e.g. RPN objectness + box regression); empty if none."""
+        return {}
+
+    def checkpoint_entries(self) -> dict[str, Any]:
+        """Extra top-level entries for the task's checkpoints (e.g. a detector
+        initialisation); the keys must not clash with the trainer's own."""
+        return {}
