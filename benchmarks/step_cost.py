@@ -1,16 +1,17 @@
-"""Cost of a meta step against a plain weighted step, one JSON line per case.
+"""Cost of MetaWeighter's step against a plain weighted step, one JSON line per case.
 
-    python benchmarks/step_cost.py                 # the default cases below
-    python benchmarks/step_cost.py --small         # smaller batches (a CPU-friendly run)
-    python benchmarks/step_cost.py --device cuda
+    python benchmarks/step_cost.py                  # CPU-sized cases (batch 8, 5-5-5 episode)
+    python benchmarks/step_cost.py --paper          # the paper's shapes: ResNet-18 at 84 px,
+                                                    # 32 images x 4 rotations, 10-10-10 episode
+    python benchmarks/step_cost.py --paper --device cuda --precisions fp32 bf16
 
 A "plain step" is the user's ordinary loop: forward, weighted per-sample loss, backward,
-optimizer step. A "meta step" is `MetaWeighter.backward` (look-ahead, meta objective on a
-labelled episode, weight update) plus the same optimizer step. Times are medians over
-`--steps` timed blocks after warm-up, plain and meta alternating in the same process, so
-their ratio is robust to a noisy machine. Peak memory: on CUDA the allocator's peak; on
-the CPU the peak resident-set growth of a fresh subprocess over two steps after a warm-up
-step (sampled every millisecond; includes allocator slack, so only a rough guide).
+optimizer step. A "meta step" is `MetaWeighter.backward` plus the same optimizer step. Both
+run in the same process, alternating block by block (a block is `every` calls), so their
+ratio is robust to a busy machine. With ``every > 1`` the calls that run no episode are
+also timed on their own ("between"), against the plain step. Reported per case: seconds per
+call, the ratio, images per second, and peak memory (on CUDA the allocator's peak; on the
+CPU the resident-set growth of a fresh subprocess over two steps, a rough guide only).
 """
 
 from __future__ import annotations
@@ -25,64 +26,75 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import betaweighter as bw
 from betaweighter.models import build_model
 
-METHODS = {
-    "bdw": lambda n: bw.BetaWeights(n),
-    "dw": lambda n: bw.PointWeights(n),
-    "rotnet": lambda n: bw.UniformWeights(n),
-    "l2rw": lambda n: bw.L2RW(n),
-    "weightnet": lambda n: bw.WeightNet(n),
-    "nn": lambda n: bw.NearestNeighbourWeights(n),  # fitted on the pool in _setup
-    "loss_hard": lambda n: bw.LossHeuristicWeights(n, "hard"),
-    "loss_easy": lambda n: bw.LossHeuristicWeights(n, "easy"),
-    "el2n": lambda n: bw.LossHeuristicWeights(n, "el2n"),
-    "random": lambda n: bw.RandomWeights(n),
-}
+
+class DropoutNet(nn.Module):
+    """A backbone with Dropout before its head: the forward draws random masks."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.body = build_model(name, num_classes=4, **({"width": 32, "blocks": 4}
+                                                        if name == "convnet" else {}))
+        self.drop = nn.Dropout(0.2)
+
+    def features(self, x):
+        return self.body.features(x)
+
+    def forward(self, x):
+        return self.body.head(self.drop(self.body.features(x)))
 
 
-def cases(small: bool) -> list[dict]:
-    b = 8 if small else 32
-    episode = (5, 5, 5) if small else (10, 10, 10)
-    base = [
-        {"model": "convnet", "size": 32, "batch": b, "episode": episode},
-        {"model": "resnet18", "size": 84, "batch": b, "episode": episode},
-    ]
+def cases(paper: bool, precisions: list[str]) -> list[dict]:
+    b, episode = (32, (10, 10, 10)) if paper else (8, (5, 5, 5))
+    models = [("resnet18", 84)] if paper else [("convnet", 32), ("resnet18", 84)]
     out = []
-    for c in base:
-        for meta_gradient in ("forward", "finite_difference", "double_backward", "higher"):
-            out.append({**c, "method": "bdw", "meta_gradient": meta_gradient, "every": 1})
-        for every in (2, 4):
-            out.append({**c, "method": "bdw", "meta_gradient": "auto", "every": every})
-        for method in METHODS:
-            if method != "bdw":
-                out.append({**c, "method": method, "meta_gradient": "auto", "every": 1})
+    for model, size in models:
+        base = {"model": model, "size": size, "batch": b, "episode": episode,
+                "optimizer": "sgd", "dropout": False, "precision": "fp32",
+                "meta_gradient": "forward", "every": 1, "direction": "fresh"}
+        for precision in precisions:
+            for every in (1, 4):
+                out.append({**base, "precision": precision, "every": every})
+            out.append({**base, "precision": precision, "every": 4, "direction": "running"})
+        out.append({**base, "meta_gradient": "finite_difference"})
+        out.append({**base, "meta_gradient": "double_backward"})
+        out.append({**base, "optimizer": "adam"})
+        out.append({**base, "optimizer": "adam", "meta_gradient": "double_backward"})
+        out.append({**base, "dropout": True})
     return out
 
 
 def _setup(case: dict, device: torch.device):
     torch.manual_seed(0)
-    model = build_model(case["model"], num_classes=4).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    model = (DropoutNet(case["model"]) if case["dropout"]
+             else build_model(case["model"], num_classes=4,
+                              **({"width": 32, "blocks": 4} if case["model"] == "convnet"
+                                 else {}))).to(device)
+    if case["optimizer"] == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
     way, shot, query = case["episode"]
     per_class = shot + query
     tx = torch.randn(way * per_class, 3, case["size"], case["size"])
     ty = torch.arange(way).repeat_interleave(per_class)
     pool = torch.randn(4 * case["batch"], 3, case["size"], case["size"], device=device)
-    weights = METHODS[case["method"]](len(pool)).to(device)
-    if isinstance(weights, bw.NearestNeighbourWeights):  # one-off, outside the timed steps
-        weights.fit(pool, tx)
+    weights = bw.BetaWeights(len(pool)).to(device)
     meta = bw.MetaWeighter(model, weights, opt, bw.PrototypicalLoss(way, shot, query),
                            target=torch.utils.data.TensorDataset(tx, ty),
-                           meta_gradient=case["meta_gradient"], every=case["every"])
+                           meta_gradient=case["meta_gradient"], every=case["every"],
+                           direction=case["direction"], precision=case["precision"])
     return model, opt, pool, weights, meta
 
 
 def _steps(case: dict, device: torch.device, mode: str):
     model, opt, pool, weights, meta = _setup(case, device)
     g = torch.Generator().manual_seed(0)
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[case["precision"]]
 
     def step():
         idx = torch.randperm(len(pool), generator=g)[: case["batch"]].to(device)
@@ -90,9 +102,10 @@ def _steps(case: dict, device: torch.device, mode: str):
         if mode == "meta":
             meta.backward(x, lambda out: F.cross_entropy(out, y, reduction="none"), idx)
         else:
-            w = (weights.sample(idx).detach() if isinstance(weights, bw.LearnedWeights)
-                 else torch.ones(len(idx), device=device)).repeat_interleave(4)
-            (w * F.cross_entropy(model(x), y, reduction="none")).mean().backward()
+            w = weights.sample(idx).detach().repeat_interleave(4)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                out = model(x)
+            (w * F.cross_entropy(out.float(), y, reduction="none")).mean().backward()
         opt.step()
         opt.zero_grad()
 
@@ -104,25 +117,34 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_pair(case: dict, device: torch.device, steps: int) -> tuple[float, float]:
-    """Median seconds per call of the plain and the meta step. The two alternate, block by
-    block, so that both see the same machine load. A block is `every` calls: one meta
-    update's worth of work."""
+def time_case(case: dict, device: torch.device, blocks: int) -> dict[str, float]:
+    """Median seconds per call: plain, meta (all calls), and, with every > 1, the meta
+    step's episode call and the calls between (no episode)."""
     plain, meta = _steps(case, device, "plain"), _steps(case, device, "meta")
     every = case["every"]
     for _ in range(max(2, every)):
         plain()
         meta()
-    times: dict[str, list[float]] = {"plain": [], "meta": []}
-    for _ in range(steps):
-        for name, step in (("plain", plain), ("meta", meta)):
+    times: dict[str, list[float]] = {"plain": [], "meta": [], "episode": [], "between": []}
+    for _ in range(blocks):
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(every):
+            plain()
+        _sync(device)
+        times["plain"].append((time.perf_counter() - t) / every)
+        calls = []
+        for _ in range(every):
             _sync(device)
             t = time.perf_counter()
-            for _ in range(every):
-                step()
+            meta()
             _sync(device)
-            times[name].append((time.perf_counter() - t) / every)
-    return statistics.median(times["plain"]), statistics.median(times["meta"])
+            calls.append(time.perf_counter() - t)
+        times["meta"].append(sum(calls) / every)
+        times["episode"].append(calls[0])
+        if every > 1:
+            times["between"].append(statistics.mean(calls[1:]))
+    return {k: statistics.median(v) for k, v in times.items() if v}
 
 
 def _rss_bytes() -> int:
@@ -133,6 +155,7 @@ def _rss_bytes() -> int:
 def peak_memory(case: dict, device: torch.device, mode: str) -> float:
     if device.type == "cuda":
         step = _steps(case, device, mode)
+        step()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -140,16 +163,12 @@ def peak_memory(case: dict, device: torch.device, mode: str) -> float:
             step()
         torch.cuda.synchronize()
         return float(torch.cuda.max_memory_allocated() - base)
-    out = subprocess.run(
-        [sys.executable, __file__, "--memory-probe", json.dumps(case), mode],
-        capture_output=True, text=True, check=True,
-    )
+    out = subprocess.run([sys.executable, __file__, "--memory-probe", json.dumps(case), mode],
+                         capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def _memory_probe(case: dict, mode: str) -> None:
-    """Peak resident-set growth over two steps, after one warm-up step (kernels, buffers
-    and optimiser state allocated), sampled every millisecond by a thread."""
     import threading
 
     step = _steps(case, torch.device("cpu"), mode)
@@ -180,26 +199,28 @@ def main() -> None:
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--small", action="store_true", help="batch 8, 5-way 5-shot 5-query")
+    p.add_argument("--paper", action="store_true", help="the paper's shapes (see above)")
+    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    p.add_argument("--blocks", type=int, default=5, help="timed blocks per case")
     p.add_argument("--model", choices=["convnet", "resnet18"], help="only this model")
-    p.add_argument("--method", choices=sorted(METHODS), help="only this weighting method")
-    p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    p.add_argument("--memory", action="store_true", help="also measure peak memory")
     args = p.parse_args()
     device = torch.device(args.device)
-    torch.set_num_threads(torch.get_num_threads())
-    for case in cases(args.small):
-        if (args.model and case["model"] != args.model) or (
-                args.method and case["method"] != args.method):
+    for case in cases(args.paper, args.precisions):
+        if args.model and case["model"] != args.model:
             continue
-        plain, meta = time_pair(case, device, args.steps)
-        row = {**case, "device": str(device), "rows": 4 * case["batch"],
-               "meta_step_s": round(meta, 5), "plain_step_s": round(plain, 5),
-               "ratio": round(meta / plain, 3)}
-        if not args.no_memory:
-            mem_plain = peak_memory(case, device, "plain")
-            mem_meta = peak_memory(case, device, "meta")
-            row["peak_memory_ratio"] = round(mem_meta / max(mem_plain, 1.0), 3)
+        t = time_case(case, device, args.blocks)
+        row = {**case, "device": str(device), "plain_step_s": round(t["plain"], 5),
+               "meta_step_s": round(t["meta"], 5), "ratio": round(t["meta"] / t["plain"], 3),
+               "plain_images_per_s": round(case["batch"] / t["plain"], 1),
+               "meta_images_per_s": round(case["batch"] / t["meta"], 1)}
+        if "between" in t:
+            row["between_ratio"] = round(t["between"] / t["plain"], 3)
+            row["episode_call_ratio"] = round(t["episode"] / t["plain"], 3)
+        if args.memory:
+            plain_mem, meta_mem = (peak_memory(case, device, m) for m in ("plain", "meta"))
+            row["plain_peak_mb"] = round(plain_mem / 2**20, 1)
+            row["meta_peak_mb"] = round(meta_mem / 2**20, 1)
         print(json.dumps(row), flush=True)
 
 

@@ -8,10 +8,13 @@ instances whose weight is confidently small are pruned.
 
 __version__ = "0.2.0"
 
-from betaweighter import data, evaluate, models, pretext, weights  # noqa: E402
+from betaweighter import data, evaluate, models, pretext, runtime, weights  # noqa: E402
+from betaweighter.meta.detection_objective import DetectionLoss  # noqa: E402
 from betaweighter.meta.objectives import ClassificationLoss, PrototypicalLoss  # noqa: E402
 from betaweighter.meta.weighter import MetaWeighter  # noqa: E402
+from betaweighter.pretext.boxes import PseudoBoxes  # noqa: E402
 from betaweighter.pretext.rotation import RotationPretext, rotate4  # noqa: E402
+from betaweighter.pretext.rpn import RPNPretext  # noqa: E402
 from betaweighter.pruning import PruningScheduler  # noqa: E402
 from betaweighter.weights.base import InstanceWeights, LearnedWeights, WeightRule  # noqa: E402
 from betaweighter.weights.beta import BetaWeights  # noqa: E402
@@ -28,6 +31,7 @@ __all__ = [
     "L2RW",
     "BetaWeights",
     "ClassificationLoss",
+    "DetectionLoss",
     "InstanceWeights",
     "LearnedWeights",
     "LossHeuristicWeights",
@@ -36,6 +40,8 @@ __all__ = [
     "PointWeights",
     "PrototypicalLoss",
     "PruningScheduler",
+    "PseudoBoxes",
+    "RPNPretext",
     "RandomWeights",
     "RotationPretext",
     "UniformWeights",
@@ -48,5 +54,6 @@ __all__ = [
     "models",
     "pretext",
     "rotate4",
+    "runtime",
     "weights",
 ]

@@ -24,7 +24,8 @@ import torch
 from betaweighter.errors import CheckpointError
 from betaweighter.io import atomic_write_bytes
 
-__all__ = ["CHECKPOINT_NAMES", "FORMAT_VERSION", "from_plain", "read_checkpoint",
+__all__ = ["CHECKPOINT_NAMES", "FORMAT_VERSION", "all_rng_states", "from_plain",
+           "read_checkpoint",
            "resolve_checkpoint", "rng_state", "save_checkpoint", "set_rng_state", "to_plain"]
 
 FORMAT_VERSION = 2
@@ -138,6 +139,19 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def all_rng_states() -> list[dict[str, Any]] | None:
+    """Every process's `rng_state`, in rank order, under torch.distributed (a collective:
+    call it on every rank); None outside a distributed run."""
+    from betaweighter.runtime import world
+
+    size = world()[0]
+    if size == 1:
+        return None
+    states: list[Any] = [None] * size
+    torch.distributed.all_gather_object(states, rng_state())
+    return states
 
 
 def set_rng_state(state: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -13,6 +14,7 @@ from betaweighter import __version__
 EPILOG = """examples:
   betaweighter demo
   betaweighter configs
+  betaweighter compare demo --seeds 3
   betaweighter run stl10/bdw --set data.root=~/data --set train.epochs=35
   betaweighter run my_config.yaml --dry-run
   betaweighter run --resume runs/stl10-bdw
@@ -48,10 +50,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="print the resolved config and the run directory, then exit")
 
-    demo = sub.add_parser("demo", help="a few-minute comparison on the embedded demo set")
+    demo = sub.add_parser("demo", help="a few-minute `compare` on the embedded demo set")
     demo.add_argument("--out", default="runs", help="output root (default: runs)")
+    demo.add_argument("--seeds", type=int, default=1, help="number of seeds (default: 1)")
     demo.add_argument("--set", dest="overrides", action="append", default=[],
                       metavar="KEY=VALUE", help="override a key of the demo config")
+
+    cmp = sub.add_parser("compare", help="does pruning pay? the baseline, weights + pruning "
+                                         "and a matched random-pruning control, over seeds")
+    cmp.add_argument("config", help="YAML config (file or shipped name) with pruning enabled")
+    cmp.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    cmp.add_argument("--out", default="runs", help="output root (default: runs)")
+    cmp.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="override a config key (repeatable)")
 
     sub.add_parser("configs", help="list the shipped configs")
 
@@ -87,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     warnings.showwarning = _show_warning
     from betaweighter.errors import BetaweighterError
-    from betaweighter.experiment.trainer import Interrupted
+    from betaweighter.experiment.interrupt import Interrupted
+    from betaweighter.runtime import init_distributed
 
+    distributed = args.command in ("run", "compare", "demo") and init_distributed()
     try:
         return COMMANDS[args.command](args)
     except BetaweighterError as e:
@@ -100,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if distributed:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
 
 
 def _one_line(error: BaseException) -> str:
@@ -107,7 +125,10 @@ def _one_line(error: BaseException) -> str:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"betaweighter: warning: {_one_line(message)}", file=sys.stderr)
+    from betaweighter.runtime import is_main
+
+    if is_main():
+        print(f"betaweighter: warning: {_one_line(message)}", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -115,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
     from betaweighter.experiment.config import dump_config, load_config
     from betaweighter.experiment.rundir import RunDir
     from betaweighter.experiment.shipped import config_file
-    from betaweighter.experiment.trainer import Trainer, format_summary
+    from betaweighter.experiment.trainer import Trainer
     from betaweighter.runtime import is_main
 
     overrides = list(args.overrides)
@@ -166,7 +187,28 @@ def _run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from betaweighter.experiment.demo import run_demo
 
-    run_demo(args.out, args.overrides)
+    run_demo(args.out, args.overrides, args.seeds)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from betaweighter.errors import ConfigError
+    from betaweighter.experiment.compare import compare
+    from betaweighter.experiment.config import load_config
+    from betaweighter.experiment.shipped import config_file
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    with config_file(args.config) as path:
+        cfg = load_config(path, args.overrides)
+    result = compare(cfg, range(args.seeds), args.out)
+    from betaweighter.runtime import is_main
+
+    if not is_main():
+        return 0
+    print(result.format())
+    print(f"files: {result.directory} (compare.json, compare.csv, compare.png, one run "
+          "directory per variant and seed)")
     return 0
 
 
@@ -219,7 +261,27 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "demo": _demo, "configs": _configs, "plot": _plot,
+def format_summary(summary: dict, run_dir: Path) -> str:
+    """A few readable lines for the end of ``betaweighter run``."""
+    lines = [f"run {summary['run']} finished: {summary['epochs']} epochs of "
+             f"{summary['method']} on {summary['dataset']}",
+             f"  test accuracy (linear probe)  {100 * summary['test_accuracy']:.1f}%  "
+             f"(best epoch {summary['best_epoch']}, "
+             f"val {100 * summary['best_val_accuracy']:.1f}%)",
+             f"  kept fraction                 {float(summary['kept_fraction']):.2f}",
+             f"  training time                 {summary['train_seconds']:.0f} s, "
+             f"{summary['images_seen']} images"]
+    for key, label in (("auroc_in_domain", "AUROC in-domain vs rest"),
+                       ("pruned_in_domain_share", "in-domain share of pruned")):
+        value = summary.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            lines.append(f"  {label:<29} {float(summary[key]):.2f}")
+    lines.append(f"  files: {run_dir} (summary.json, metrics.csv, weights.csv, plots/)")
+    return "\n".join(lines)
+
+
+
+COMMANDS = {"run": _run, "demo": _demo, "compare": _compare, "configs": _configs, "plot": _plot,
             "weights": _weights, "evaluate": _evaluate}
 
 if __name__ == "__main__":

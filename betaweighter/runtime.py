@@ -13,12 +13,14 @@ from torch import nn
 
 from betaweighter.errors import ConfigError
 
-__all__ = ["is_main", "module_device", "progress_disabled", "resolve_device", "world"]
+__all__ = ["broadcast_object", "init_distributed", "is_main", "module_device",
+           "progress_disabled", "resolve_device", "world"]
 
 
 def resolve_device(name: str | torch.device | None = None, key: str = "device") -> torch.device:
     """`name` as a device; None or ``"auto"`` is the current CUDA GPU when there is one,
-    else the CPU. `key` names the setting in error messages."""
+    else the CPU. A bare ``"cuda"`` is the current GPU (under torchrun, each process's own).
+    `key` names the setting in error messages."""
     if isinstance(name, torch.device):
         device = name
     elif name is None or name == "auto":
@@ -33,7 +35,9 @@ def resolve_device(name: str | torch.device | None = None, key: str = "device") 
         if not torch.cuda.is_available():
             raise ConfigError(f"{key}: {str(device)!r} was asked for but no GPU is visible; "
                               "use auto or cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device.index >= torch.cuda.device_count():
             raise ConfigError(f"{key}: {str(device)!r} does not exist; this machine has "
                               f"{torch.cuda.device_count()} GPU(s)")
     elif device.type not in ("cpu", "mps"):
@@ -65,3 +69,32 @@ def is_main() -> bool:
 def progress_disabled() -> bool | None:
     """tqdm's ``disable``: None (on when attached to a terminal) on rank 0, True elsewhere."""
     return None if is_main() else True
+
+
+def init_distributed() -> bool:
+    """Join the process group that ``torchrun`` describes in the environment (RANK,
+    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), with NCCL when GPUs are visible (one per
+    local rank) and Gloo otherwise. Returns False when not launched by torchrun (or with a
+    single process), True once joined."""
+    import os
+
+    dist = torch.distributed
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if dist.is_initialized():
+        return True
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's `obj` on every rank (identity outside a distributed run)."""
+    if world()[0] == 1:
+        return obj
+    holder = [obj]
+    torch.distributed.broadcast_object_list(holder, src=0)
+    return holder[0]

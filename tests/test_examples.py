@@ -37,8 +37,8 @@ def test_stl10_example(tmp_path, capsys):
         "--workers", "0",
     ])
     out = capsys.readouterr().out
-    assert "epoch 2: val accuracy" in out and "test accuracy (linear probe)" in out
-    assert 0.0 <= accuracy <= 1.0
+    assert "epoch 2: val accuracy" in out
+    assert f"test accuracy (linear probe): {accuracy:.4f}" in out  # what it returns
 
 
 def test_decathlon_example(tmp_path):

@@ -366,3 +366,38 @@ def test_decisions_identical_on_every_process(tmp_path):
     assert len(seen0) == len(seen1) == math.ceil(len(kept) / 2)  # equal shares ...
     assert sorted(set(seen0) | set(seen1)) == kept  # ... covering the kept set
     assert len(set(seen0) & set(seen1)) == len(seen0) + len(seen1) - len(kept)  # padding only
+
+
+def test_unpruned_loader_visits_every_instance_in_a_seeded_order_per_epoch():
+    from betaweighter.pruning import unpruned_loader
+
+    data = torch.utils.data.TensorDataset(torch.arange(10))
+    epoch = [0]
+    loader = unpruned_loader(data, lambda: epoch[0], batch_size=4, seed=5)
+    first = torch.cat([b[0] for b in loader]).tolist()
+    assert sorted(first) == list(range(10)) and first == torch.cat(
+        [b[0] for b in loader]).tolist()
+    epoch[0] = 1
+    assert torch.cat([b[0] for b in loader]).tolist() != first
+
+
+def test_soft_random_control_flags_exactly_the_matched_runs_counts():
+    """The control reads each epoch's *decided* count (instances flagged), not the number
+    the next epoch skips (about skip_prob of the flagged)."""
+    a, b = known_params(seed=3)
+    weights = beta_weights(a, b)
+    matched = PruningScheduler(weights, rule="cdf", epsilon=0.3, soft=True, total_epochs=8,
+                               seed=1)
+    for _ in range(4):
+        matched.step()
+    counts = [r["decided_count"] for r in matched.history]
+    assert counts[0] > 0 and all(r["decided_count"] == int(r["pruned_total"])
+                                 for r in matched.history)
+    control = PruningScheduler(weights, rule="random", control=counts, soft=True,
+                               total_epochs=8, seed=2)
+    for _ in range(4):
+        control.step()
+    assert [r["decided_count"] for r in control.history] == counts
+    assert [int(control.pruned.sum())] == [counts[-1]]
+    skipped = [r["pruned"] for r in matched.history]
+    assert skipped != counts  # what the old control wrongly read: about half

@@ -2,8 +2,9 @@
 detection sets.
 
 Builders return a `DataBundle` (pool, target_train, target_val, test, ...):
-`stl10`, `decathlon`, `image_folders` and `demo` (no download: built from scikit-learn's
-own data). Pools yield ``(image, index)``; `Indexed` wraps any dataset the same way.
+`stl10`, `decathlon`, `image_folders`, and three built offline from scikit-learn's
+data and drawn shapes: `demo`, `mixture` and `shapes` (detection scenes). Pools yield
+``(image, index)``; `Indexed` wraps any dataset the same way.
 `labelled_folder_splits` and `pooled_folders` read downstream classification tasks for the
 evaluators, `load_coco` and `load_voc` detection sets.
 """
@@ -22,6 +23,14 @@ from betaweighter.data.sources.decathlon import DOMAINS as DECATHLON_DOMAINS
 from betaweighter.data.sources.decathlon import DecathlonRaw, decathlon
 from betaweighter.data.sources.demo import demo
 from betaweighter.data.sources.folders import FolderRaw, image_folders
+from betaweighter.data.sources.mixture import mixture
+from betaweighter.data.sources.shapes import (
+    SHAPE_CLASSES,
+    BoxedImages,
+    shapes,
+    write_shapes_coco,
+    write_shapes_voc,
+)
 from betaweighter.data.sources.stl10 import STL10Raw, stl10
 from betaweighter.data.splits import load_splits, save_splits, stratified_split
 from betaweighter.data.transforms import (
@@ -39,6 +48,8 @@ __all__ = [
     "DECATHLON_DOMAINS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "SHAPE_CLASSES",
+    "BoxedImages",
     "CorruptDatasetError",
     "DataBundle",
     "DataError",
@@ -66,9 +77,13 @@ __all__ = [
     "load_coco",
     "load_splits",
     "load_voc",
+    "mixture",
     "pooled_folders",
     "save_splits",
+    "shapes",
     "stl10",
     "stratified_split",
     "train_transform",
+    "write_shapes_coco",
+    "write_shapes_voc",
 ]

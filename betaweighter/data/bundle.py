@@ -30,6 +30,8 @@ class DataBundle:
         mean, std: the target's per-channel normalisation.
         in_domain: optional bool array over the pool, True where an instance comes from the
             target domain (the demo set and Visual Decathlon know it), for pruning reports.
+        detection_target: optional labelled detection images (``(image, {"boxes",
+            "labels"})``, normalised like the pool) for a detection meta objective.
         splits: every seeded index split that defines the bundle; `save_splits` writes it
             with the run, and the builders' ``splits=`` argument reads it back.
         info: anything else worth recording (seed, sizes, per-domain statistics, ...).
@@ -45,6 +47,7 @@ class DataBundle:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     in_domain: np.ndarray | None = None
+    detection_target: Dataset | None = None
     splits: dict[str, np.ndarray] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 

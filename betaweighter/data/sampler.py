@@ -9,7 +9,8 @@ the same order. Under `torch.distributed`, each process takes an equal, disjoint
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -32,8 +33,11 @@ class SubsetEpochSampler(Sampler[int]):
             epoch number that seeds the order.
         seed: base seed of the order.
         shuffle: False visits the instances in increasing order.
-        num_replicas, rank: split every epoch between `num_replicas` processes (padding by
-            wrapping around, like `DistributedSampler`, so each gets the same count).
+        num_replicas, rank: split every epoch between `num_replicas` processes. Each
+            index goes to exactly one process; to give every process the same count, the
+            shuffled order is padded by wrapping around (like `DistributedSampler`), and
+            `padding` tells which positions of a process's share are such repeats, so the
+            training loop can give them zero weight.
     """
 
     def __init__(self, source: Callable[[], tuple[np.ndarray, int]], seed: int = 0,
@@ -59,6 +63,15 @@ class SubsetEpochSampler(Sampler[int]):
             total = math.ceil(len(indices) / self.num_replicas) * self.num_replicas
             indices = np.resize(indices, total)[self.rank::self.num_replicas]
         return indices
+
+    def padding(self, positions: np.ndarray | Sequence[int] | Any) -> Any:
+        """A boolean tensor: which of this process's `positions` in the current epoch's
+        share are padding (repeats added to equalise the shares)."""
+        import torch
+
+        n = len(self.source()[0])
+        pos = torch.as_tensor(np.asarray(positions, dtype=np.int64))
+        return self.rank + pos * self.num_replicas >= n
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order()[self.start:].tolist())

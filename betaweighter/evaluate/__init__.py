@@ -4,7 +4,9 @@ Pure functions over a backbone (anything with ``features(x)``) and datasets, fol
 "How Well Do Self-Supervised Models Transfer?" (Ericsson, Gouk and Hospedales, CVPR 2021,
 arXiv:2011.13377) with the fragile parts of its research code fixed: a linear probe with
 calibration (`linear_probe`), few-shot episodes (`evaluate_fewshot`), fine-tuning
-(`evaluate_finetune`) and Faster R-CNN object detection (`evaluate_detection`). The
+(`evaluate_finetune`) and Faster R-CNN object detection (`evaluate_detection`, starting
+from an RPN pre-training checkpoint with `load_detector_init`; label-scarce and few-shot
+protocols in `evaluate_label_scarce` and `evaluate_few_shot_detection`). The
 command ``betaweighter evaluate`` runs them on a checkpoint from a config.
 """
 
@@ -13,8 +15,18 @@ from betaweighter.evaluate.calibration import (
     expected_calibration_error,
     fit_temperature,
 )
-from betaweighter.evaluate.detection import build_faster_rcnn, evaluate_detection
+from betaweighter.evaluate.detection import (
+    build_faster_rcnn,
+    evaluate_detection,
+    load_detector_init,
+)
 from betaweighter.evaluate.detection_metrics import coco_box_metrics, voc07_detection_ap
+from betaweighter.evaluate.detection_protocols import (
+    evaluate_few_shot_detection,
+    evaluate_label_scarce,
+    few_shot_set,
+    label_subsets,
+)
 from betaweighter.evaluate.features import extract_features
 from betaweighter.evaluate.fewshot import Episodes, evaluate_fewshot, fit_fewshot, make_episodes
 from betaweighter.evaluate.finetune import evaluate_finetune
@@ -35,14 +47,19 @@ __all__ = [
     "calibration_report",
     "coco_box_metrics",
     "evaluate_detection",
+    "evaluate_few_shot_detection",
+    "evaluate_label_scarce",
     "evaluate_fewshot",
     "evaluate_finetune",
     "expected_calibration_error",
     "extract_features",
+    "few_shot_set",
     "fit_fewshot",
     "fit_linear_probe",
     "fit_temperature",
+    "label_subsets",
     "linear_probe",
+    "load_detector_init",
     "make_episodes",
     "mean_confidence_interval",
     "mean_per_class_accuracy",

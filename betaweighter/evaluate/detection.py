@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -34,14 +36,20 @@ from tqdm.auto import tqdm
 from betaweighter.data.detection import DetectionDataset, collate_detection
 from betaweighter.data.loaders import forever
 from betaweighter.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from betaweighter.errors import CheckpointError
 from betaweighter.evaluate.detection_metrics import coco_box_metrics, voc07_detection_ap
+from betaweighter.pretext.rpn import ANCHOR_SIZES, ASPECT_RATIOS
 from betaweighter.runtime import progress_disabled, resolve_device
 
-__all__ = ["build_faster_rcnn", "evaluate_detection", "fpn_backbone", "freeze_batchnorm",
+__all__ = ["ANCHOR_SIZES", "ASPECT_RATIOS", "DETECTOR_PARTS", "build_faster_rcnn",
+           "evaluate_detection", "fpn_backbone", "freeze_batchnorm", "load_detector_init",
            "predict_detections", "resnet_trunk", "score_detections", "train_detector"]
 
 TRAIN_SIZES = tuple(range(480, 801, 32))
 TRUNK_LAYERS = ("layer4", "layer3", "layer2", "layer1", "conv1")
+#: the parts of a Faster R-CNN an initialisation report speaks of, by state-dict prefix
+DETECTOR_PARTS = ("backbone.body", "backbone.fpn", "rpn.head", "roi_heads.box_head",
+                  "roi_heads.box_predictor")
 
 
 def resnet_trunk(backbone: nn.Module) -> torchvision.models.ResNet:
@@ -91,23 +99,76 @@ def build_faster_rcnn(backbone: nn.Module, num_classes: int, *, trainable_layers
                       min_size: int | Sequence[int] = TRAIN_SIZES, max_size: int = 1333,
                       image_mean: Sequence[float] = IMAGENET_MEAN,
                       image_std: Sequence[float] = IMAGENET_STD, score_threshold: float = 0.05,
-                      detections_per_image: int = 100) -> FasterRCNN:
+                      detections_per_image: int = 100,
+                      anchor_sizes: Sequence[int] = ANCHOR_SIZES,
+                      aspect_ratios: Sequence[float] = ASPECT_RATIOS) -> FasterRCNN:
     """Faster R-CNN + FPN on a copy of the backbone's ResNet with frozen BatchNorm.
 
     `num_classes` counts object classes (the background class is added). Images are
     float [0, 1] tensors, normalised inside the model with `image_mean`/`image_std` (use the
     normalisation the backbone was pre-trained with). A sequence `min_size` is sampled per
-    image in training; its last value is the test size.
+    image in training; its last value is the test size. `anchor_sizes` gives one anchor
+    size per pyramid level (five), `aspect_ratios` are shared by all levels.
     """
     if not 0 <= trainable_layers <= 5:
         raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
+    if len(anchor_sizes) != 5:
+        raise ValueError(f"anchor_sizes needs one size per pyramid level (5), got "
+                         f"{list(anchor_sizes)}")
     trunk = freeze_batchnorm(copy.deepcopy(resnet_trunk(backbone)).cpu())
     fpn = fpn_backbone(trunk, trainable_layers)
     sizes = (min_size,) if isinstance(min_size, int) else tuple(int(s) for s in min_size)
+    anchors = AnchorGenerator(tuple((int(a),) for a in anchor_sizes),
+                              (tuple(float(r) for r in aspect_ratios),) * 5)
     return FasterRCNN(fpn, num_classes=num_classes + 1, min_size=sizes, max_size=max_size,
                       image_mean=list(image_mean), image_std=list(image_std),
                       box_score_thresh=score_threshold,
-                      box_detections_per_img=detections_per_image)
+                      box_detections_per_img=detections_per_image,
+                      rpn_anchor_generator=anchors)
+
+
+def load_detector_init(model: FasterRCNN, init: dict[str, Any],
+                       source: str = "the checkpoint") -> dict[str, Any]:
+    """Load an RPN pre-training checkpoint's ``detector_init`` into `model`: every tensor
+    whose name and shape match (trunk, FPN, RPN head). Refuses, with a `CheckpointError`,
+    a checkpoint whose anchors or pyramid differ from the detector's (its RPN would
+    predict for other anchors). Returns the report: tensors loaded per part, the parts
+    that start fresh, and the checkpoint's tensors the detector has no place for."""
+    anchors = model.rpn.anchor_generator
+    have_sizes = [int(s[0]) for s in anchors.sizes]
+    have_ratios = [float(r) for r in anchors.aspect_ratios[0]]
+    if (list(init.get("anchor_sizes", [])) != have_sizes
+            or [float(r) for r in init.get("aspect_ratios", [])] != have_ratios):
+        raise CheckpointError(
+            f"{source}: its RPN was pre-trained for anchors of sizes "
+            f"{init.get('anchor_sizes')} and aspect ratios {init.get('aspect_ratios')}, the "
+            f"detector has {have_sizes} and {have_ratios}: set the detector's anchor_sizes and "
+            "aspect_ratios to the checkpoint's (or leave them null), or use init: backbone")
+    fpn = init.get("fpn", {})
+    trunk_channels = [m.in_channels for m in model.backbone.fpn.inner_blocks.modules()
+                      if isinstance(m, nn.Conv2d)]
+    if (fpn.get("out_channels") != model.backbone.out_channels
+            or list(fpn.get("in_channels", [])) != trunk_channels):
+        raise CheckpointError(
+            f"{source}: its feature pyramid ({fpn.get('in_channels')} -> "
+            f"{fpn.get('out_channels')} channels) does not match the detector's "
+            f"({trunk_channels} -> {model.backbone.out_channels}); the checkpoint was "
+            "pre-trained on another ResNet")
+    own = model.state_dict()
+    state = init.get("state", {})
+    wrong = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise CheckpointError(f"{source}: {len(wrong)} tensors do not fit the detector, e.g. "
+                              f"{wrong[:3]}")
+    matched = {k: v for k, v in state.items() if k in own}
+    model.load_state_dict(matched, strict=False)
+    loaded = {part: sum(k.startswith(part + ".") for k in matched) for part in DETECTOR_PARTS}
+    return {"loaded": {p: n for p, n in loaded.items() if n},
+            "fresh": [p for p, n in loaded.items() if not n],
+            "loaded_tensors": len(matched),
+            "unused": sorted(k for k in state if k not in own
+                             and not k.endswith("num_batches_tracked"))}
 
 
 def train_detector(model: FasterRCNN, dataset: DetectionDataset, *, images: int,
@@ -139,6 +200,7 @@ def train_detector(model: FasterRCNN, dataset: DetectionDataset, *, images: int,
                                  num_workers=num_workers, collate_fn=collate_detection,
                                  generator=torch.Generator().manual_seed(seed)))
     last = torch.zeros(())
+    start = time.perf_counter()
     for it in tqdm(range(iterations), desc="detection training", disable=progress_disabled()):
         imgs, targets = next(batches)
         imgs = [im.to(device, non_blocking=True) for im in imgs]
@@ -154,7 +216,7 @@ def train_detector(model: FasterRCNN, dataset: DetectionDataset, *, images: int,
         last = loss.detach()
     return {"iterations": iterations, "images_seen": iterations * batch_size,
             "batch_size": batch_size, "lr": lr, "lr_drops_at_iteration": milestones,
-            "final_loss": float(last)}
+            "final_loss": float(last), "seconds": time.perf_counter() - start}
 
 
 @torch.no_grad()
@@ -194,12 +256,17 @@ def evaluate_detection(backbone: nn.Module, train_set: DetectionDataset, test_se
               image_mean: Sequence[float] = IMAGENET_MEAN,
               image_std: Sequence[float] = IMAGENET_STD, score_threshold: float = 0.05,
               detections_per_image: int = 100, num_workers: int = 0, device: Any = None,
-              seed: int = 0, **train_options: Any) -> dict[str, Any]:
+              seed: int = 0, detector_init: dict[str, Any] | None = None,
+              anchor_sizes: Sequence[int] = ANCHOR_SIZES,
+              aspect_ratios: Sequence[float] = ASPECT_RATIOS,
+              **train_options: Any) -> dict[str, Any]:
     """Train Faster R-CNN on `train_set` from `backbone` and score it on `test_set`.
 
-    `train_options` go to `train_detector` (lr, momentum, weight_decay, warmup_images,
-    lr_steps). Returns COCO ``AP``, ``AP50``, ``AP75``, ``voc07_AP50`` (fractions in
-    [0, 1]), the training log and both datasets' annotation reports.
+    With `detector_init` (an RPN pre-training checkpoint's ``detector_init`` entry) the
+    detector also starts from its FPN and RPN (`load_detector_init`; its report comes back
+    as ``init``). `train_options` go to `train_detector` (lr, momentum, weight_decay,
+    warmup_images, lr_steps). Returns COCO ``AP``, ``AP50``, ``AP75``, ``voc07_AP50``
+    (fractions in [0, 1]), the training log and both datasets' annotation reports.
     """
     if test_set.classes != train_set.classes:
         raise ValueError(f"train and test classes differ: {train_set.classes} vs "
@@ -208,11 +275,17 @@ def evaluate_detection(backbone: nn.Module, train_set: DetectionDataset, test_se
                               trainable_layers=trainable_layers, min_size=min_size,
                               max_size=max_size, image_mean=image_mean, image_std=image_std,
                               score_threshold=score_threshold,
-                              detections_per_image=detections_per_image)
+                              detections_per_image=detections_per_image,
+                              anchor_sizes=anchor_sizes, aspect_ratios=aspect_ratios)
+    report = None
+    if detector_init is not None:
+        report = load_detector_init(model, detector_init)
     log = train_detector(model, train_set, images=images, batch_size=batch_size,
                          num_workers=num_workers, device=device, seed=seed, **train_options)
     dets = predict_detections(model, test_set, batch_size=batch_size, num_workers=num_workers,
                               device=device)
     return {**score_detections(test_set, dets), "detections": len(dets),
             "trainable_layers": trainable_layers, "training": log,
+            "init": report or {"loaded": {"backbone.body": "from the backbone"},
+                               "fresh": list(DETECTOR_PARTS[1:])},
             "train_data": train_set.report, "test_data": test_set.report}

@@ -13,31 +13,33 @@ so a finished run can be resumed, plotted or evaluated from anywhere.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
-import types
 import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
 from betaweighter.errors import ConfigError
+from betaweighter.experiment.schema import build, join, read_yaml
+from betaweighter.experiment.tasks import (
+    PATH,
+    DetectionTask,
+    FewshotTask,
+    FinetuneTask,
+    LinearTask,
+    span,
+)
 
 __all__ = ["METHODS", "Config", "ConfigError", "dump_config", "load_config", "parse_override"]
 
 METHODS = ("bdw", "dw", "l2rw", "nn", "weightnet", "heuristic", "random", "rotnet")
-PRETEXTS = ("rotation", "simclr", "moco", "byol", "simsiam")
+PRETEXTS = ("rotation", "rpn", "simclr", "moco", "byol", "simsiam")
 
 
-def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-           hi_open: bool = False) -> dict:
-    return {"range": (lo, hi, lo_open, hi_open)}
-
-
-PATH = {"path": True}
+_range = span
 
 
 @dataclass
@@ -49,10 +51,12 @@ class ExperimentSection:
 
 @dataclass
 class DataSection:
-    # demo: the embedded set (no files); stl10: STL-10 binaries under `root`; decathlon:
+    # demo: the embedded set (no files); mixture: drawn shapes with four kinds of
+    # distractors (no files); stl10: STL-10 binaries under `root`; decathlon:
     # Visual Decathlon under `root` with `target` as the labelled domain; folders: your own
-    # ImageFolder trees (`pool_root`, `target_root`).
-    name: Literal["demo", "stl10", "decathlon", "folders"] = "demo"
+    # ImageFolder trees (`pool_root`, `target_root`); shapes: generated detection scenes
+    # (betaweighter.data.shapes, no files).
+    name: Literal["demo", "mixture", "stl10", "decathlon", "folders", "shapes"] = "demo"
     root: str | None = field(default=None, metadata=PATH)
     target: str | None = None
     pool_root: str | None = field(default=None, metadata=PATH)
@@ -76,6 +80,9 @@ class PretextSection:
     name: Literal[PRETEXTS] = "rotation"  # type: ignore[valid-type]
     # Keyword arguments of the pretext task's class (checked against its signature).
     options: dict = field(default_factory=dict)
+    # A checkpoint (or run directory) whose backbone the task starts from, e.g. a
+    # rotation-pretrained ResNet for pretext rpn; null: a randomly initialised model.
+    init: str | None = field(default=None, metadata=PATH)
 
 
 @dataclass
@@ -89,13 +96,20 @@ class WeightsSection:
 class MetaSection:
     # The rotation model's head has 4 outputs, so a classification meta objective needs a
     # head of its own: use bw.ClassificationLoss(head=...) from Python for that.
-    objective: Literal["prototypical"] = "prototypical"
+    # detection: the RPN loss on `detection_batch` labelled target images (pretext rpn on
+    # data with a detection target, e.g. shapes).
+    objective: Literal["prototypical", "detection"] = "prototypical"
+    detection_batch: int = field(default=4, metadata=_range(1))
     way: int = field(default=10, metadata=_range(2))
     shot: int = field(default=10, metadata=_range(1))
     query: int = field(default=10, metadata=_range(1))
     meta_gradient: Literal["auto", "forward", "finite_difference", "double_backward",
                            "higher"] = "auto"
     every: int = field(default=1, metadata=_range(1))
+    # fresh: each weight update uses its own episode's direction (the paper); running: a
+    # moving average of the episodes' directions updates the weights of every batch
+    direction: Literal["fresh", "running"] = "fresh"
+    direction_decay: float = field(default=0.9, metadata=_range(0, 1, hi_open=True))
     inner_steps: int = field(default=1, metadata=_range(1))
     normalise: bool = False
     # The weight optimiser (betaweighter.WeightOptimizer): scale-free by default
@@ -144,95 +158,6 @@ class TrainSection:
 
 
 @dataclass
-class ClassificationData:
-    train: str | None = field(default=None, metadata=PATH)
-    val: str | None = field(default=None, metadata=PATH)
-    test: str | None = field(default=None, metadata=PATH)
-    val_fraction: float = field(default=0.2, metadata=_range(0, 1, True, True))
-
-
-@dataclass
-class _TaskCommon:
-    batch_size: int = field(default=64, metadata=_range(1))
-    num_workers: int = field(default=0, metadata=_range(0))
-    seed: int = field(default=0, metadata=_range(0))
-    # null: the image size and normalisation the checkpoint was pre-trained with
-    image_size: int | None = field(default=None, metadata=_range(8))
-    mean: list[float] | None = None
-    std: list[float] | None = None
-
-
-@dataclass
-class LinearTask(_TaskCommon):
-    data: ClassificationData = field(default_factory=ClassificationData)
-    c_values: list[float] | None = None  # null: the 45-value grid of arXiv:2011.13377
-    max_iter: int = field(default=1000, metadata=_range(1))
-    metric: Literal["top1", "mean_per_class"] = "top1"
-    standardize: bool = False
-    calibration_bins: int = field(default=15, metadata=_range(1))
-    cache_features: bool = True
-
-
-@dataclass
-class FewshotTask(_TaskCommon):
-    data: ClassificationData = field(default_factory=ClassificationData)
-    way: int = field(default=5, metadata=_range(2))
-    shot: int = field(default=5, metadata=_range(1))
-    query: int = field(default=15, metadata=_range(1))
-    episodes: int = field(default=600, metadata=_range(1))
-    classifier: Literal["ncm", "logistic"] = "ncm"
-    logistic_c: float = field(default=1.0, metadata=_range(0, lo_open=True))
-    feature_norm: Literal["none", "l2"] = "none"
-    splits: list[Literal["train", "val", "test"]] = field(
-        default_factory=lambda: ["train", "val", "test"])
-    episodes_file: str | None = field(default=None, metadata=PATH)
-    cache_features: bool = True
-
-
-@dataclass
-class FinetuneTask(_TaskCommon):
-    data: ClassificationData = field(default_factory=ClassificationData)
-    steps: int = field(default=5000, metadata=_range(1))
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lrs: list[float] = field(default_factory=lambda: [0.1, 0.01, 0.001])
-    weight_decays: list[float] = field(default_factory=lambda: [0.0, 1e-4])
-    momentum: float = field(default=0.9, metadata=_range(0, 1))
-    metric: Literal["top1", "mean_per_class"] = "top1"
-    refit: bool = True
-
-
-@dataclass
-class DetectionData:
-    # Each source: {format: coco, images: DIR, annotations: FILE.json} or
-    # {format: voc, root: VOCdevkit/VOC2007, split: trainval}; train may list several.
-    train: list[dict] | dict | None = None
-    test: list[dict] | dict | None = None
-    on_bad_box: Literal["skip", "error"] = "skip"
-
-
-@dataclass
-class DetectionTask:
-    data: DetectionData = field(default_factory=DetectionData)
-    batch_size: int = field(default=2, metadata=_range(1))
-    num_workers: int = field(default=0, metadata=_range(0))
-    seed: int = field(default=0, metadata=_range(0))
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    trainable_layers: int = field(default=1, metadata=_range(0, 5))
-    images: int = field(default=288_000, metadata=_range(1))
-    lr: float | None = field(default=None, metadata=_range(0, lo_open=True))
-    momentum: float = field(default=0.9, metadata=_range(0, 1))
-    weight_decay: float = field(default=1e-4, metadata=_range(0))
-    warmup_images: int = field(default=200, metadata=_range(0))
-    lr_steps: list[float] = field(default_factory=lambda: [2 / 3, 8 / 9])
-    min_size: list[int] = field(default_factory=lambda: list(range(480, 801, 32)))
-    max_size: int = field(default=1333, metadata=_range(1))
-    score_threshold: float = field(default=0.05, metadata=_range(0, 1))
-    detections_per_image: int = field(default=100, metadata=_range(1))
-    hflip: bool = True
-
-
-@dataclass
 class EvaluateSection:
     # The per-epoch model selection of a run: a linear probe on target_train -> target_val.
     every: int = field(default=1, metadata=_range(1))
@@ -264,153 +189,12 @@ class Config:
         return dataclasses.asdict(self)
 
 
-# --- YAML without duplicate keys ----------------------------------------------------------
-class _StrictLoader(yaml.SafeLoader):
-    pass
-
-
-def _mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
-                              f"(first at line {seen[key] + 1}): keep one of them")
-        seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
-
-
-def read_yaml(text: str, where: str) -> Any:
-    """Parse YAML strictly (no duplicate keys); any problem is a ConfigError naming `where`."""
-    try:
-        return yaml.load(text, Loader=_StrictLoader)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
-    except yaml.YAMLError as e:
-        detail = " ".join(str(e).split())
-        raise ConfigError(f"{where} is not valid YAML: {detail}") from None
-
-
-# --- type checking ------------------------------------------------------------------------
-def _describe(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_describe(typing.get_args(tp)[0])}"
-    return {int: "an integer", float: "a finite number", bool: "true or false",
-            str: "a string", dict: "a mapping", type(None): "null"}.get(tp, str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    bad = ConfigError(f"config key {key!r}: expected {_describe(tp)}, got {value!r}")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise bad
-        return value
-    if origin in (Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise bad
-    if origin is list:
-        if not isinstance(value, list):
-            raise bad
-        (item,) = typing.get_args(tp)
-        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is type(None):
-        if value is not None:
-            raise bad
-        return None
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if tp is float:
-        return _number(value, key, bad)
-    if tp in (str, dict):
-        if not isinstance(value, tp):
-            raise bad
-        return value
-    raise TypeError(f"unsupported config type {tp!r} for {key}")
-
-
-def _number(value: Any, key: str, bad: ConfigError) -> float:
-    """A finite float from a number or from any string Python's float() reads."""
-    if isinstance(value, bool):
-        raise bad
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise bad from None
-    if not isinstance(value, (int, float)):
-        raise bad
-    value = float(value)
-    if not math.isfinite(value):
-        raise ConfigError(f"config key {key!r}: must be a finite number, got {value!r}")
-    return value
-
-
-def _check_range(value: Any, f: dataclasses.Field, key: str) -> None:
-    if "range" not in f.metadata or value is None:
-        return
-    lo, hi, lo_open, hi_open = f.metadata["range"]
-    if (lo is not None and (value < lo or (lo_open and value == lo))) or (
-            hi is not None and (value > hi or (hi_open and value == hi))):
-        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-        lo_s = "-inf" if lo is None else lo
-        hi_s = "inf" if hi is None else hi
-        raise ConfigError(f"config key {key!r}: {value!r} is out of range "
-                          f"{left}{lo_s}, {hi_s}{right}")
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"config key {prefix or '<root>'!r}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for k in data:
-        if k not in fields:
-            where = f"section {prefix!r}" if prefix else "the top level"
-            raise ConfigError(f"unknown config key {_join(prefix, str(k))!r}; allowed keys in "
-                              f"{where}: " + ", ".join(fields))
-    kwargs = {}
-    for name, f in fields.items():
-        if name not in data:
-            continue
-        key, tp = _join(prefix, name), hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, data[name], key)
-        else:
-            value = _coerce(data[name], tp, key)
-            _check_range(value, f, key)
-            kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
 def path_keys(cls: type = Config, prefix: str = "") -> list[str]:
     """Dotted keys of every path-valued option (resolved against the config's folder)."""
     keys = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        key = _join(prefix, f.name)
+        key = join(prefix, f.name)
         if dataclasses.is_dataclass(hints[f.name]):
             keys += path_keys(hints[f.name], key)
         elif f.metadata.get("path"):
@@ -474,7 +258,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         node[keys[-1]] = value
         if ".".join(keys) in path_keys() and isinstance(value, str):
             node[keys[-1]] = str(Path(value).expanduser().resolve())
-    cfg = _build(Config, data, "")
+    cfg = build(Config, data, "")
     _check_consistency(cfg)
     return cfg
 
@@ -514,6 +298,16 @@ def _merge(a: dict, b: dict) -> dict:
 
 
 def _check_consistency(cfg: Config) -> None:
+    det = cfg.evaluate.detection
+    if any(not 0 < f <= 1 for f in det.fractions) or not det.fractions:
+        raise ConfigError(f"config key 'evaluate.detection.fractions': fractions of the "
+                          f"training images, each in (0, 1], got {det.fractions}")
+    if any(k < 1 for k in det.few_shot.shots) or not det.few_shot.shots:
+        raise ConfigError(f"config key 'evaluate.detection.few_shot.shots': K values >= 1, "
+                          f"got {det.few_shot.shots}")
+    if det.anchor_sizes is not None and len(det.anchor_sizes) != 5:
+        raise ConfigError(f"config key 'evaluate.detection.anchor_sizes': one size per pyramid "
+                          f"level (5 values), got {det.anchor_sizes}")
     d = cfg.data
     if d.name == "decathlon" and not d.target:
         raise ConfigError("config key 'data.target': the Visual Decathlon target domain is "

@@ -19,12 +19,17 @@ import sklearn
 import torch
 import torchvision
 
-from betaweighter.checkpoint import resolve_checkpoint
+from betaweighter.checkpoint import read_checkpoint, resolve_checkpoint
 from betaweighter.data.detection import DetectionDataset, concat_detection, load_coco, load_voc
 from betaweighter.data.labelled import labelled_folder_splits, pooled_folders
 from betaweighter.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from betaweighter.errors import ConfigError
+from betaweighter.errors import CheckpointError, ConfigError
 from betaweighter.evaluate.detection import evaluate_detection, resnet_trunk
+from betaweighter.evaluate.detection_protocols import (
+    evaluate_few_shot_detection,
+    evaluate_label_scarce,
+    novel_classes,
+)
 from betaweighter.evaluate.features import extract_features
 from betaweighter.evaluate.fewshot import Episodes, fit_fewshot, make_episodes
 from betaweighter.evaluate.finetune import evaluate_finetune
@@ -32,6 +37,7 @@ from betaweighter.evaluate.linear import linear_probe
 from betaweighter.experiment.config import Config, load_config
 from betaweighter.io import write_json
 from betaweighter.models import Backbone, load_backbone
+from betaweighter.pretext.rpn import ANCHOR_SIZES, ASPECT_RATIOS
 from betaweighter.runtime import resolve_device
 
 __all__ = ["TASKS", "evaluate_checkpoint", "result_path"]
@@ -63,7 +69,10 @@ def evaluate_checkpoint(path_or_run_dir: str | Path, task: str,
     start = time.perf_counter()
     model = load_backbone(checkpoint, device)
     _fill_input_defaults(options, model.data_config)
+    if task == "detection":
+        options["checkpoint"] = checkpoint
     result = _TASKS[task](model, options, checkpoint.parent, device)
+    options.pop("checkpoint", None)
     payload = {
         "task": task, "checkpoint": str(checkpoint), "result": result, "config": options,
         "device": str(device), "seconds": time.perf_counter() - start,
@@ -180,14 +189,43 @@ def _detection(model: Backbone, o: dict[str, Any], folder: Path,
                                                      o["hflip"]) for s in train_sources[1:]])
     test = concat_detection([_load_source(s, train.classes, d["on_bad_box"], False)
                              for s in test_sources])
-    return evaluate_detection(
-        model, train, test, trainable_layers=o["trainable_layers"], images=o["images"],
-        batch_size=o["batch_size"], min_size=o["min_size"], max_size=o["max_size"],
-        image_mean=o["mean"], image_std=o["std"], score_threshold=o["score_threshold"],
+    init = _detector_init(o)
+    sizes = o["anchor_sizes"] or (init["anchor_sizes"] if init else list(ANCHOR_SIZES))
+    ratios = o["aspect_ratios"] or (init["aspect_ratios"] if init else list(ASPECT_RATIOS))
+    o["anchor_sizes"], o["aspect_ratios"] = sizes, ratios
+    common = dict(
+        trainable_layers=o["trainable_layers"], batch_size=o["batch_size"],
+        min_size=o["min_size"], max_size=o["max_size"], image_mean=o["mean"],
+        image_std=o["std"], score_threshold=o["score_threshold"],
         detections_per_image=o["detections_per_image"], num_workers=o["num_workers"],
-        device=device, seed=o["seed"], lr=o["lr"], momentum=o["momentum"],
-        weight_decay=o["weight_decay"], warmup_images=o["warmup_images"],
-        lr_steps=o["lr_steps"])
+        device=device, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
+        warmup_images=o["warmup_images"], lr_steps=o["lr_steps"], anchor_sizes=sizes,
+        aspect_ratios=ratios, detector_init=init)
+    if o["protocol"] == "label_scarce":
+        return evaluate_label_scarce(model, train, test, fractions=o["fractions"],
+                                     seeds=o["seeds"], images=o["images"], **common)
+    if o["protocol"] == "few_shot":
+        f = o["few_shot"]
+        novel = novel_classes(train.classes, f["novel_classes"], f["split"])
+        return evaluate_few_shot_detection(
+            model, train, test, novel=novel, shots=f["shots"], seeds=o["seeds"],
+            finetune=f["finetune"], base_images=f["base_images"], images=o["images"],
+            **common)
+    return evaluate_detection(model, train, test, images=o["images"], seed=o["seed"],
+                              **common)
+
+
+def _detector_init(o: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint's ``detector_init`` for ``init: rpn`` (None for ``init: backbone``)."""
+    if o["init"] != "rpn":
+        return None
+    path = o["checkpoint"]
+    init = read_checkpoint(path).get("detector_init")
+    if not isinstance(init, dict) or "state" not in init:
+        raise CheckpointError(f"checkpoint {path} holds no detector initialisation (it was not "
+                              "written by RPN pre-training, pretext.name: rpn): use "
+                              "evaluate.detection.init: backbone, or an RPN run's checkpoint")
+    return init
 
 
 def _check_source(source: Any, key: str) -> None:

@@ -15,12 +15,14 @@ import betaweighter as bw
 from betaweighter import data as bwdata
 from betaweighter.errors import ConfigError
 from betaweighter.experiment.config import Config
+from betaweighter.meta.distributed import unwrap as dist_unwrap
 from betaweighter.meta.weighter import MetaWeighter
-from betaweighter.models import build_model
+from betaweighter.models import build_model, load_backbone
 from betaweighter.pretext.base import Pretext
 from betaweighter.pretext.byol import BYOLPretext, SimSiamPretext
 from betaweighter.pretext.moco import MoCoPretext
 from betaweighter.pretext.rotation import RotationPretext
+from betaweighter.pretext.rpn import RPNPretext, resnet_model_config
 from betaweighter.pretext.simclr import SimCLRPretext
 from betaweighter.pretext.twoview import TwoViewPretext
 from betaweighter.pretext.views import simclr_view
@@ -55,9 +57,9 @@ def checked_kwargs(fn: Callable, options: dict[str, Any], key: str,
 def build_data(cfg: Config, seed: int, splits: Any = None) -> bwdata.DataBundle:
     d = cfg.data
     opts = dict(d.options)
-    if d.name == "demo":  # fully determined by its seed: no split file to read back
-        return bwdata.demo(**checked_kwargs(bwdata.demo, opts, "data.options", ("seed",)),
-                           seed=seed)
+    if d.name in ("demo", "mixture", "shapes"):  # determined by the seed: no split file
+        builder = getattr(bwdata, d.name)
+        return builder(**checked_kwargs(builder, opts, "data.options", ("seed",)), seed=seed)
     if splits is not None:  # a resumed run reads back the exact splits it was started with
         opts["splits"] = splits
     if d.name == "stl10":
@@ -106,10 +108,34 @@ def _two_view(cls: type[TwoViewPretext]) -> Callable[[Config, dict[str, Any]],
     return builder
 
 
+def _rpn(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, Any]]:
+    """FPN + RPN on pseudo boxes over a ResNet: a fresh one (model.name) or the backbone of
+    the checkpoint ``pretext.init`` (e.g. a rotation run)."""
+    checked_kwargs(RPNPretext, options, "pretext.options", ("backbone", "mean", "std"))
+    if cfg.pretext.init:
+        backbone = load_backbone(cfg.pretext.init, "cpu")
+        model_config = resnet_model_config(backbone)
+        if model_config["name"] != cfg.model.name:
+            raise ConfigError(f"config key 'model.name': {cfg.model.name!r}, but the checkpoint "
+                              f"pretext.init ({cfg.pretext.init}) holds a "
+                              f"{model_config['name']}: set model.name={model_config['name']}")
+    else:
+        if cfg.model.name not in ("resnet18", "resnet50"):
+            raise ConfigError(f"config key 'model.name': pretext rpn needs a ResNet (resnet18 "
+                              f"or resnet50), got {cfg.model.name!r}")
+        backbone = build_model(cfg.model.name, num_classes=4)
+        model_config = {"name": cfg.model.name, "num_classes": 4}
+    try:
+        return RPNPretext(backbone.train(), **options), model_config
+    except (TypeError, ValueError, ImportError) as e:
+        raise ConfigError(f"config section 'pretext.options' for rpn: {e}") from None
+
+
 #: pretext name -> builder(cfg, options) -> (pretext module, model_config of its backbone)
 PRETEXT_BUILDERS: dict[str, Callable[[Config, dict[str, Any]],
                                      tuple[Pretext, dict[str, Any]]]] = {
     "rotation": _rotation,
+    "rpn": _rpn,
     "simclr": _two_view(SimCLRPretext),
     "moco": _two_view(MoCoPretext),
     "byol": _two_view(BYOLPretext),
@@ -151,7 +177,17 @@ def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> Any:
 def build_meta(cfg: Config, model: nn.Module, weights: InstanceWeights,
                optimizer: torch.optim.Optimizer, target: Any, scaler: Any) -> MetaWeighter:
     m = cfg.meta
-    objective = bw.PrototypicalLoss(m.way, m.shot, m.query, seed=cfg.experiment.seed)
+    if m.objective == "detection":
+        if not callable(getattr(dist_unwrap(model), "target_loss", None)):
+            raise ConfigError(f"config key 'meta.objective': detection needs a pretext with a "
+                              f"box loss (rpn), not {cfg.pretext.name!r}")
+        if target is None:
+            raise ConfigError(f"config key 'meta.objective': detection needs labelled target "
+                              f"images with boxes, which data {cfg.data.name!r} does not "
+                              "provide (use data.name=shapes, or the prototypical objective)")
+        objective = bw.DetectionLoss(m.detection_batch, seed=cfg.experiment.seed)
+    else:
+        objective = bw.PrototypicalLoss(m.way, m.shot, m.query, seed=cfg.experiment.seed)
     weight_optimizer = None
     if isinstance(weights, bw.weights.LearnedWeights):
         weight_optimizer = bw.WeightOptimizer(
@@ -161,7 +197,9 @@ def build_meta(cfg: Config, model: nn.Module, weights: InstanceWeights,
     try:
         return MetaWeighter(model, weights, optimizer, objective, target=target,
                             weight_optimizer=weight_optimizer, meta_gradient=m.meta_gradient,
-                            every=m.every, inner_steps=m.inner_steps, normalise=m.normalise,
+                            every=m.every, direction=m.direction,
+                            direction_decay=m.direction_decay, inner_steps=m.inner_steps,
+                            normalise=m.normalise,
                             precision=cfg.train.precision, scaler=scaler)
     except (ValueError, TypeError, ImportError) as e:
         raise ConfigError(f"config section 'meta': {e}") from None
@@ -177,6 +215,20 @@ def build_pruner(cfg: Config, weights: InstanceWeights, in_domain: Any) -> Pruni
             anneal_epochs=p.anneal_epochs, seed=cfg.experiment.seed, in_domain=in_domain)
     except ValueError as e:
         raise ConfigError(f"config section 'pruning': {e}") from None
+
+
+def _check_sync_batchnorm(cfg: Config, device: torch.device) -> None:
+    """SyncBatchNorm runs on GPUs only, and torch gives it no forward-mode derivative."""
+    if device.type != "cuda":
+        raise ConfigError("config key 'train.sync_batchnorm': torch's SyncBatchNorm needs "
+                          "CUDA devices; set it to false on the CPU")
+    learned = WEIGHT_CLASSES[cfg.weights.method] in ("BetaWeights", "PointWeights",
+                                                      "WeightNet", "L2RW")
+    if learned and cfg.meta.meta_gradient in ("auto", "forward"):
+        raise ConfigError("config key 'train.sync_batchnorm': SyncBatchNorm has no "
+                          "forward-mode derivative in torch, so the forward-mode "
+                          "meta-gradient cannot pass through it; set "
+                          "meta.meta_gradient=finite_difference (or sync_batchnorm=false)")
 
 
 @dataclass
@@ -209,9 +261,11 @@ def build(cfg: Config, splits: Any = None) -> Components:
     torch.manual_seed(seed)
     name = cfg.pretext.name
     pretext, model_config = PRETEXT_BUILDERS[name](cfg, dict(cfg.pretext.options))
-    pretext.bind_data(bundle.image_size, bundle.mean, bundle.std)
+    pretext.bind_data(bundle)
     pretext.to(device)
     model: nn.Module = pretext
+    if cfg.train.sync_batchnorm:
+        _check_sync_batchnorm(cfg, device)
     if world()[0] > 1:
         if cfg.train.sync_batchnorm:
             pretext = nn.SyncBatchNorm.convert_sync_batchnorm(pretext)
@@ -223,7 +277,9 @@ def build(cfg: Config, splits: Any = None) -> Components:
     if callable(getattr(weights, "fit", None)):  # NN-Weighter: distances to the target set
         weights.fit(bundle.pool, bundle.target_train, pretext)
     scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
-    meta = build_meta(cfg, model, weights, optimizer, bundle.target_train, scaler)
+    target = (bundle.detection_target if cfg.meta.objective == "detection"
+              else bundle.target_train)
+    meta = build_meta(cfg, model, weights, optimizer, target, scaler)
     pruner = build_pruner(cfg, weights, bundle.in_domain) if cfg.pruning.enabled else None
     return Components(bundle, pretext, model, model_config, optimizer, scheduler, weights, meta,
                       pruner, device, scaler)

@@ -20,6 +20,9 @@ def read_weights(run_dir: str | Path, which: str = "last") -> tuple[str, str]:
     run = RunDir(run_dir)
     cfg = run.config()
     state = run.state(which)
+    if state["config"] != cfg.to_dict():
+        raise CheckpointError(f"{run.config_path} differs from the config saved in "
+                              f"{run.checkpoint_path(which)}: restore the run's config.yaml")
     n = int(state.get("num_instances", 0))
     weights = build_weights(cfg, n)
     try:

@@ -7,6 +7,7 @@ no GUI and never changes the backend the user's own code has chosen.
 from __future__ import annotations
 
 import math
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
-__all__ = ["HIST_BINS", "curves", "diagnostics", "image_grid", "weight_histograms"]
+__all__ = ["HIST_BINS", "curves", "diagnostics", "image_grid", "losses", "weight_histograms"]
 
 HIST_BINS = np.linspace(0.0, 1.0, 41)
 
@@ -60,6 +61,26 @@ def curves(rows: list[dict[str, Any]], path: Path) -> Path:
         axes[1, col].set_ylabel("kept fraction")
         axes[1, col].set_ylim(0, 1.05)
         axes[1, col].set_xlabel(label)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def losses(rows: list[dict[str, Any]], path: Path) -> Path:
+    """The training loss, its parts (the ``pretext_*`` columns, e.g. RPN objectness and
+    box regression) and the meta loss against epoch."""
+    epoch = np.array([_num(r, "epoch") for r in rows])
+    keys = ["train_loss"] + [k for k in (rows[0] if rows else {}) if k.startswith("pretext_")]
+    fig = Figure(figsize=(9, 3.8))
+    left, right = fig.subplots(1, 2)
+    for key in keys:
+        left.plot(epoch, [_num(r, key) for r in rows], marker="o", label=key)
+    left.set_title("pretext loss", fontsize=10)
+    left.legend(fontsize=8)
+    right.plot(epoch, [_num(r, "meta_loss") for r in rows], marker="o", color="tab:red")
+    right.set_title("meta loss (target objective)", fontsize=10)
+    for ax in (left, right):
+        ax.set_xlabel("epoch")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
@@ -135,24 +156,29 @@ def save_extremes(path: Path, weights: Any, bundle: Any, k: int = GRID_IMAGES) -
 
 
 def draw_run_plots(run: Any) -> list[Path]:
-    """Every plot of a run directory (a `RunDir`), from its files alone: histograms from
-    the last checkpoint, curves and diagnostics from metrics.csv, image grids from
-    plots/extremes.npz. Writes PNGs into ``plots/`` and nothing else."""
+    """Every plot of a run directory (a `RunDir`), from its files alone: histograms, curves
+    and diagnostics from the last checkpoint (which holds the metrics rows), image grids
+    from plots/extremes.npz. Writes PNGs into ``plots/`` and nothing else."""
     out = run.path / "plots"
     out.mkdir(exist_ok=True)
-    rows = run.metrics()
     state = run.state("last")
+    rows = list(state["metrics"])
     paths = [weight_histograms([np.asarray(h) for h in state["histograms"]],
                                out / "weight_histograms.png"),
-             curves(rows, out / "curves.png"), diagnostics(rows, out / "diagnostics.png")]
+             curves(rows, out / "curves.png"), diagnostics(rows, out / "diagnostics.png"),
+             losses(rows, out / "losses.png")]
     extremes = out / "extremes.npz"
+    if not extremes.is_file() and run.summary() is not None:
+        import warnings
+
+        warnings.warn(f"{extremes} is missing: the image grids are not drawn", stacklevel=2)
     if extremes.is_file():
         from betaweighter.errors import CheckpointError
 
         try:
             with np.load(extremes) as data:
                 grids = {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError) as e:
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
             raise CheckpointError(f"{extremes} cannot be read ({e}); delete it to plot "
                                   "without the image grids") from None
         for name in ("highest", "lowest"):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -23,32 +22,35 @@ import torch
 from tqdm.auto import tqdm
 
 from betaweighter import __version__
-from betaweighter.checkpoint import rng_state, save_checkpoint, set_rng_state
+from betaweighter.checkpoint import all_rng_states, rng_state, save_checkpoint, set_rng_state
 from betaweighter.errors import CheckpointError, ConfigError, NonFiniteLossError
 from betaweighter.evaluate.features import extract_features
 from betaweighter.evaluate.linear import linear_probe, select_c
 from betaweighter.experiment import diagnostics, plots
-from betaweighter.experiment.config import Config, dump_config, load_config
+from betaweighter.experiment.config import Config, dump_config
 from betaweighter.experiment.factory import Components, build
+from betaweighter.experiment.interrupt import Interrupted, any_rank, stop_on_sigint
 from betaweighter.experiment.metrics import MetricsLog
+from betaweighter.experiment.report import write_report
+from betaweighter.experiment.resume import (
+    RESUME_OVERRIDES,
+    apply_resume_overrides,
+    check_moved_data,
+    fixed_part,
+    rescale_learning_rate,
+)
 from betaweighter.experiment.rundir import RunDir, create_run_dir
 from betaweighter.io import atomic_write_text, write_json
-from betaweighter.runtime import is_main, progress_disabled
+from betaweighter.meta.distributed import assert_identical
+from betaweighter.runtime import (
+    broadcast_object,
+    is_main,
+    progress_disabled,
+    resolve_device,
+    world,
+)
 
-__all__ = ["Interrupted", "RESUME_OVERRIDES", "Trainer"]
-
-#: Config keys that `betaweighter run --resume RUN --set KEY=VALUE` may change.
-RESUME_OVERRIDES = ("data.root", "data.pool_root", "data.target_root", "data.workers",
-                    "train.epochs", "train.lr", "train.device", "train.precision")
-
-
-class Interrupted(Exception):
-    """Training stopped on SIGINT after a checkpoint of the last completed step."""
-
-    def __init__(self, run_dir: Path, epoch: int, step: int) -> None:
-        self.run_dir, self.epoch, self.step = run_dir, epoch, step
-        super().__init__(f"interrupted; resume with: betaweighter run --resume {run_dir}")
-
+__all__ = ["RESUME_OVERRIDES", "Interrupted", "Trainer"]
 
 class Trainer:
     """One run in its own directory. Build it with `start` or `resume`; `run()` trains to
@@ -61,12 +63,16 @@ class Trainer:
         self.rundir = RunDir(run_dir, check=False)  # config.yaml is written once built
         self.run_dir = self.rundir.path
         self._exit = contextlib.ExitStack()
-        self._exit.enter_context(self.rundir.lock())
+        if is_main():  # under torchrun, rank 0 writes; the others only read the run
+            self._exit.enter_context(self.rundir.lock())
         try:
             self.c: Components = build(cfg, splits=splits)
         except BaseException:
             self._exit.close()
             raise
+        size, rank = world()
+        if size > 1:  # each process its own random stream (augmentation, Beta samples)
+            torch.manual_seed(cfg.experiment.seed * 1_000_003 + rank)
         self.epoch = 0
         self.epoch_step = 0
         self.step = 0
@@ -78,6 +84,7 @@ class Trainer:
         self._partial: dict[str, Any] = {}
         self._pending_rng: dict[str, Any] | None = None
         self._stop_requested = False
+        self._pending_changes: list[tuple[str, Any, Any, int]] = []
         self.metrics = MetricsLog(self.run_dir / "metrics.csv") if is_main() else None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -88,11 +95,18 @@ class Trainer:
         removed again, so a corrected retry gets the same name."""
         import shutil
 
-        run_dir = create_run_dir(cfg.experiment.output_root, cfg.experiment.name)
+        resolve_device(cfg.train.device, key="config key 'train.device'")  # before any file
+        root = Path(cfg.experiment.output_root).expanduser()
+        fresh_root = not root.exists()
+        run_dir = (create_run_dir(root, cfg.experiment.name) if is_main() else None)
+        run_dir = Path(broadcast_object(None if run_dir is None else str(run_dir)))
         try:
             trainer = cls(cfg, run_dir)
         except BaseException:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            if is_main():
+                shutil.rmtree(run_dir, ignore_errors=True)
+                if fresh_root and not any(root.iterdir()):
+                    root.rmdir()
             raise
         if is_main():
             bundle = trainer.c.bundle
@@ -114,18 +128,22 @@ class Trainer:
         run = RunDir(run_dir)
         saved = run.config()
         state = run.state(which)
-        if state["config"] != saved.to_dict():
+        if fixed_part(state["config"]) != fixed_part(saved.to_dict()):
             raise CheckpointError(f"checkpoint {run.checkpoint_path(which)} was written with "
                                   f"another config than {run.config_path}: restore the "
                                   "original config.yaml, or start a new run")
-        cfg, changes = _apply_resume_overrides(saved, overrides or [], state)
+        cfg, changes = apply_resume_overrides(saved, overrides or [], state)
+        if state["epoch"] >= cfg.train.epochs and state["epoch_step"] == 0:
+            raise ConfigError(f"run {run.path} has finished all {cfg.train.epochs} epochs; "
+                              "train it further with --set train.epochs=N (N > "
+                              f"{cfg.train.epochs})")
         splits = run.path / "splits.json"
         trainer = cls(cfg, run.path, splits=splits if splits.is_file() else None)
         try:
-            trainer._check_data(run.info(), changes)
+            check_moved_data(run.info(), trainer.c.bundle, changes)
             trainer._load(state, which)
-            if changes and is_main():
-                trainer._record_changes(run, changes)
+            # recorded with the next checkpoint
+            trainer._pending_changes = [(k, old, new, trainer.epoch) for k, old, new in changes]
         except BaseException:
             trainer.close()
             raise
@@ -167,7 +185,8 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "histograms": [h.tolist() for h in self.histograms],
             "metrics": list(self.metrics.rows) if self.metrics else [],
-            "config": self.cfg.to_dict(), "rng": rng_state(),
+            "config": self.cfg.to_dict(), "rng": rng_state(), "rng_ranks": all_rng_states(),
+            **c.pretext.checkpoint_entries(),
         }
 
     def _load(self, s: dict[str, Any], which: str) -> None:
@@ -187,7 +206,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path} does not match this run's model or "
                                   f"weights ({str(e).splitlines()[0]}); start a new run"
                                   ) from None
-        self._apply_lr_change()
+        rescale_learning_rate(c.optimizer, c.scheduler, self.cfg.train.lr)
         self.epoch, self.epoch_step, self.step = s["epoch"], s["epoch_step"], s["step"]
         self._partial = dict(s.get("partial") or {})
         self.images_seen, self.train_seconds = s["images_seen"], s["train_seconds"]
@@ -195,51 +214,34 @@ class Trainer:
         self.histograms = [np.asarray(h) for h in s["histograms"]]
         if is_main():
             self.metrics = MetricsLog(self.run_dir / "metrics.csv", s["metrics"])
+        rng = s["rng"]
+        ranks = s.get("rng_ranks") or []
+        if world()[0] > 1 and len(ranks) == world()[0]:
+            rng = ranks[world()[1]]
         if self.epoch_step:
-            self._pending_rng = s["rng"]  # applied once the epoch's loader is rebuilt
+            self._pending_rng = rng  # applied once the epoch's loader is rebuilt
         else:
-            set_rng_state(s["rng"])
+            set_rng_state(rng)
 
-    def _apply_lr_change(self) -> None:
-        """After loading the optimiser state, apply a changed ``train.lr`` (resume
-        override) by rescaling every schedule proportionally."""
-        groups, sched = self.c.optimizer.param_groups, self.c.scheduler
-        base = sched.base_lrs[0]
-        if base != self.cfg.train.lr:
-            factor = self.cfg.train.lr / base
-            sched.base_lrs = [b * factor for b in sched.base_lrs]
-            for g in groups:
-                g["lr"] *= factor
-                g["initial_lr"] = g.get("initial_lr", base) * factor
-
-    def _check_data(self, info: dict[str, Any], changes: list[tuple[str, Any, Any]]) -> None:
-        moved = [c for c in changes if c[0] in ("data.root", "data.pool_root",
-                                                "data.target_root")]
-        if not moved:
+    def _record_changes(self) -> None:
+        """Write the settings changed on resume into config.yaml and run.json: just before
+        the first checkpoint made with them, so that a resume that fails first (a diverging
+        learning rate, a wrong path) leaves the run as it was."""
+        if not self._pending_changes:
             return
-        before = info.get("data")
-        now = diagnostics.data_fingerprint(self.c.bundle)
-        if before is not None and before != now:
-            differ = sorted(k for k in now if before.get(k) != now.get(k))
-            raise ConfigError(f"the data at {moved[0][2]} differs from the run's "
-                              f"({', '.join(differ)}): resume with the data the run was "
-                              "started on")
-        for key, old, new in moved:
-            print(f"note: {key} moved from {old} to {new}; the data there matches the run's "
-                  "(sizes and sampled items)", file=sys.stderr)
-
-    def _record_changes(self, run: RunDir, changes: list[tuple[str, Any, Any]]) -> None:
-        info = run.info()
+        info = self.rundir.info()
         info.setdefault("changes", []).extend(
-            {"key": k, "from": old, "to": new, "at_epoch": self.epoch}
-            for k, old, new in changes)
+            {"key": k, "from": old, "to": new, "at_epoch": epoch}
+            for k, old, new, epoch in self._pending_changes)
         write_json(self.run_dir / "run.json", info)
         atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
+        self._pending_changes = []
 
     def _save(self, best: bool) -> None:
+        state = self._state()  # on every rank: gathering the random states is collective
         if not is_main():
             return
-        state = self._state()
+        self._record_changes()
         save_checkpoint(self.rundir.checkpoint_path("last"), state)
         if best:
             save_checkpoint(self.rundir.checkpoint_path("best"), state)
@@ -251,7 +253,7 @@ class Trainer:
         epochs = self.cfg.train.epochs
         bar = tqdm(range(self.epoch, epochs), desc=self.run_dir.name,
                    disable=progress_disabled(), initial=self.epoch, total=epochs)
-        with _stop_on_sigint(self):
+        with stop_on_sigint(self):
             for _ in bar:
                 row = self._train_epoch()
                 bar.set_postfix(loss=f"{row['train_loss']:.3f}",
@@ -284,6 +286,7 @@ class Trainer:
         total = len(loader) if limit is None else min(len(loader), limit)
         p = self._partial
         losses, meta_losses = p.get("losses", []), p.get("meta_losses", [])
+        parts: list[dict[str, float]] = p.get("parts", [])
         seen, seconds = p.get("seen", 0), p.get("seconds", 0.0)
         c.model.train()
         batches = iter(loader)
@@ -297,40 +300,49 @@ class Trainer:
         for x, idx in bar:
             if limit is not None and self.epoch_step >= limit:
                 break
-            loss, meta_loss = self._train_step(x, idx)
+            positions = torch.arange(self.epoch_step * len(x), (self.epoch_step + 1) * len(x))
+            loss, meta_loss = self._train_step(x, idx, sampler.padding(positions[:len(x)]))
             losses.append(loss)
             if meta_loss is not None:
                 meta_losses.append(meta_loss)
+            parts.append(c.pretext.loss_parts())
             seen += len(x)
             self.epoch_step += 1
             self.step += 1
             bar.set_postfix(loss=f"{loss:.3f}", meta=f"{c.meta.last_meta_loss:.3f}",
                             w=f"{c.meta.last_mean_weight:.3f}")
-            if self._stop_requested:
+            if any_rank(self._stop_requested):
                 self._partial = {"losses": losses, "meta_losses": meta_losses, "seen": seen,
+                                 "parts": parts,
                                  "seconds": seconds + time.perf_counter() - start}
                 self._save(best=False)
                 raise Interrupted(self.run_dir, self.epoch, self.epoch_step)
-        seconds += time.perf_counter() - start
-        self.train_seconds += seconds - p.get("seconds", 0.0)
-        self.images_seen += seen - p.get("seen", 0)
+        seconds += time.perf_counter() - start  # an interrupted epoch's part included
+        self.train_seconds += seconds
+        self.images_seen += seen
         self._partial, self.epoch_step = {}, 0
-        return self._end_epoch(losses, meta_losses, seconds)
+        return self._end_epoch(losses, meta_losses, seconds, parts)
 
-    def _train_step(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[float, float | None]:
+    def _train_step(self, x: torch.Tensor, idx: torch.Tensor,
+                    padding: torch.Tensor) -> tuple[float, float | None]:
         c = self.c
         x = x.to(c.device, non_blocking=True)
         b = c.pretext.batch(x)
         loss_fn = b.loss_fn
+        scale = None
         if c.pruner is not None and c.pruner.soft:
-            scale = c.pruner.loss_scale(idx).to(c.device).repeat_interleave(b.copies)
+            scale = c.pruner.loss_scale(idx)
+        if padding.any():  # the sampler's padding (equal shares under torchrun): weight 0
+            scale = (torch.ones(len(idx)) if scale is None else scale) * (~padding).float()
+        if scale is not None:
+            scale = scale.to(c.device).repeat_interleave(b.copies)
 
             def loss_fn(out: Any, inner: Any = b.loss_fn, scale: torch.Tensor = scale) -> Any:
                 return inner(out) * scale
 
-        meta_steps = c.meta.meta_steps
+        episodes = c.meta.episodes
         loss = float(c.meta.backward(b.inputs, loss_fn, idx, copies=b.copies))
-        if not math.isfinite(loss):
+        if any_rank(not math.isfinite(loss)):
             raise NonFiniteLossError(
                 f"the training loss became {loss} at epoch {self.epoch + 1}, step "
                 f"{self.epoch_step + 1} of the epoch; nothing after the last checkpoint "
@@ -343,10 +355,11 @@ class Trainer:
             c.optimizer.step()
         c.optimizer.zero_grad(set_to_none=True)
         c.pretext.after_step()
-        return loss, (c.meta.last_meta_loss if c.meta.meta_steps > meta_steps else None)
+        return loss, (c.meta.last_meta_loss if c.meta.episodes > episodes else None)
 
     def _end_epoch(self, losses: list[float], meta_losses: list[float],
-                   seconds: float) -> dict[str, Any]:
+                   seconds: float, parts: list[dict[str, float]] | None = None
+                   ) -> dict[str, Any]:
         c, cfg = self.c, self.cfg
         lr = c.optimizer.param_groups[0]["lr"]
         c.scheduler.step()
@@ -367,7 +380,10 @@ class Trainer:
             "pruned_in_domain": record.get("pruned_in_domain"), "epoch_seconds": seconds,
             "images_seen": self.images_seen, "lr": lr,
             "skipped_meta_steps": c.meta.skipped_meta_steps,
+            **{f"pretext_{k}": _mean([p[k] for p in parts or [] if k in p])
+               for k in dict.fromkeys(k for p in parts or [] for k in p)},
         }
+        assert_identical(c.weights, f"the instance weights after epoch {self.epoch}")
         if self.metrics is not None:
             self.metrics.append(row)
         improved = val == val and val > self.best_val
@@ -416,81 +432,8 @@ class Trainer:
             "auroc_in_domain": rows[-1].get("auroc_in_domain") if rows else None,
             "train_seconds": self.train_seconds, "images_seen": self.images_seen,
         }
-        write_json(self.run_dir / "summary.json", summary)
-        pruned = c.pruner.pruned if c.pruner is not None else np.zeros(c.weights.num_instances,
-                                                                       bool)
-        atomic_write_text(self.run_dir / "weights.csv",
-                          diagnostics.weights_table(c.weights, pruned))
-        plots.save_extremes(self.run_dir / "plots" / "extremes.npz", c.weights, c.bundle)
-        plots.draw_run_plots(self.rundir)
+        write_report(self.rundir, summary, c.weights, c.pruner, c.bundle)
         return summary
-
-
-def format_summary(summary: dict[str, Any], run_dir: Path) -> str:
-    """A few readable lines for the end of ``betaweighter run``."""
-    lines = [f"run {summary['run']} finished: {summary['epochs']} epochs of "
-             f"{summary['method']} on {summary['dataset']}",
-             f"  test accuracy (linear probe)  {100 * summary['test_accuracy']:.1f}%  "
-             f"(best epoch {summary['best_epoch']}, "
-             f"val {100 * summary['best_val_accuracy']:.1f}%)",
-             f"  kept fraction                 {float(summary['kept_fraction']):.2f}",
-             f"  training time                 {summary['train_seconds']:.0f} s, "
-             f"{summary['images_seen']} images"]
-    for key, label in (("auroc_in_domain", "AUROC in-domain vs rest"),
-                       ("pruned_in_domain_share", "in-domain share of pruned")):
-        value = summary.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            lines.append(f"  {label:<29} {float(summary[key]):.2f}")
-    lines.append(f"  files: {run_dir} (summary.json, metrics.csv, weights.csv, plots/)")
-    return "\n".join(lines)
-
-
-def _apply_resume_overrides(cfg: Config, overrides: list[str],
-                            state: dict[str, Any]) -> tuple[Config, list[tuple[str, Any, Any]]]:
-    from betaweighter.experiment.config import parse_override
-
-    for text in overrides:
-        key = ".".join(parse_override(text)[0])
-        if key not in RESUME_OVERRIDES:
-            raise ConfigError(f"--set {key} cannot change on --resume (the run would no longer "
-                              f"be the one it was); allowed: {', '.join(RESUME_OVERRIDES)}")
-    new = load_config(base=cfg.to_dict(), overrides=overrides)
-    old_d, new_d = cfg.to_dict(), new.to_dict()
-    changes = []
-    for key in RESUME_OVERRIDES:
-        section, name = key.split(".")
-        if old_d[section][name] != new_d[section][name]:
-            changes.append((key, old_d[section][name], new_d[section][name]))
-    if new.train.epochs < state["epoch"]:
-        raise ConfigError(f"config key 'train.epochs': the run has already trained "
-                          f"{state['epoch']} epochs; give at least that many")
-    return new, changes
-
-
-@contextlib.contextmanager
-def _stop_on_sigint(trainer: Trainer):
-    """Turn the first Ctrl-C into a request to stop after the current step (the trainer
-    checkpoints it and raises `Interrupted`); a second Ctrl-C interrupts at once."""
-    if not hasattr(signal, "SIGINT") or not _in_main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if trainer._stop_requested:
-            raise KeyboardInterrupt
-        trainer._stop_requested = True
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def _mean(values: list[float]) -> float:

@@ -23,7 +23,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from betaweighter.runtime import world
 
-__all__ = ["all_gather_rows", "average_", "is_ddp", "sum_", "unwrap"]
+__all__ = ["all_gather_rows", "assert_identical", "average_", "is_ddp", "sum_",
+           "sum_weight_grads", "unwrap"]
 
 
 def is_ddp(model: nn.Module) -> bool:
@@ -85,3 +86,40 @@ def all_gather_rows(*tensors: Tensor) -> tuple[list[Tensor], slice]:
         out.append(torch.cat([p[:c] for p, c in zip(parts, counts)]))
     start = sum(counts[:rank])
     return out, slice(start, start + n)
+
+
+def sum_weight_grads(weights: nn.Module, idx: Tensor, dense: bool) -> Tensor:
+    """Make every rank's weight gradients the sum over all ranks' rows (row parameters by
+    gathering (index, row); other parameters by an all-reduce); return the rows the weight
+    optimiser steps: the global batch's. Outside torch.distributed, `idx` unchanged."""
+    if world()[0] == 1:
+        return idx
+    rows = torch.unique(idx)
+    params = dict(weights.named_parameters())
+    row_names = [n for n in getattr(weights, "row_parameters", ()) if n in params
+                 and params[n].grad is not None and not dense]
+    gathered, _ = all_gather_rows(rows, *[params[n].grad[rows] for n in row_names])
+    for name, values in zip(row_names, gathered[1:]):
+        grad = torch.zeros_like(params[name])
+        grad.index_add_(0, gathered[0], values)
+        params[name].grad = grad
+    sum_([p.grad for n, p in params.items() if n not in row_names and p.grad is not None])
+    return gathered[0]
+
+
+def assert_identical(module: nn.Module, what: str) -> None:
+    """Under torch.distributed, raise unless `module`'s floating-point state is the same on
+    every rank (a checksum of sums and absolute sums, gathered)."""
+    size = world()[0]
+    if size == 1:
+        return
+    total = torch.zeros(2, dtype=torch.float64)
+    for t in module.state_dict().values():
+        if t.is_floating_point():
+            total[0] += t.detach().double().sum().cpu()
+            total[1] += t.detach().double().abs().sum().cpu()
+    sums = [torch.zeros(2, dtype=torch.float64) for _ in range(size)]
+    torch.distributed.all_gather(sums, total)
+    if any(not torch.equal(s, sums[0]) for s in sums):
+        raise RuntimeError(f"{what} differ between processes (checksums "
+                           f"{[s.tolist() for s in sums]}): a bug, please report it")

@@ -27,9 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from betaweighter.errors import LossShapeError
+from betaweighter.meta import checks, gradients
 from betaweighter.meta import distributed as dist
-from betaweighter.meta import gradients
 from betaweighter.meta.objectives import MetaObjective
 from betaweighter.meta.replay import RandomState
 from betaweighter.meta.virtual_step import VirtualOptimizer
@@ -37,9 +36,10 @@ from betaweighter.runtime import world
 from betaweighter.weights.base import InstanceWeights, LearnedWeights, WeightRule
 from betaweighter.weights.optimizer import WeightOptimizer
 
-__all__ = ["META_GRADIENTS", "PRECISIONS", "MetaWeighter"]
+__all__ = ["DIRECTIONS", "META_GRADIENTS", "PRECISIONS", "MetaWeighter"]
 
 META_GRADIENTS = ("auto", "forward", "finite_difference", "double_backward", "higher")
+DIRECTIONS = ("fresh", "running")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -60,8 +60,17 @@ class MetaWeighter:
             learned weights.
         meta_gradient: ``"auto"`` (forward mode with one inner step, else double backward),
             ``"forward"``, ``"finite_difference"``, ``"double_backward"`` or ``"higher"``.
-        every: run the meta update on every k-th call only; the others just do the
-            weighted backward.
+        every: run the labelled episode (the meta objective) on every k-th call only.
+            With ``direction="fresh"`` the weights are updated on those calls only; the
+            others just do the weighted backward.
+        direction: ``"fresh"`` (the paper): each weight update uses the meta direction
+            v = dM/dtheta' of its own episode. ``"running"``: v is a bias-corrected moving
+            average of the recent episodes' directions (decay `direction_decay`), and the
+            weights of *every* batch are updated with it, so each visit of an instance gets
+            a meta-gradient while the episode runs only every `every` calls. One episode's v
+            is mostly noise (its repeatability across episodes is near 0 on the demo set);
+            the average keeps the part that repeats. Forward mode and finite differences
+            only.
         inner_steps: number of unrolled virtual steps (double backward or higher only).
         normalise: divide the weighted loss by the sum of the weights instead of the
             number of rows.
@@ -87,6 +96,8 @@ class MetaWeighter:
         weight_optimizer: WeightOptimizer | None = None,
         meta_gradient: str = "auto",
         every: int = 1,
+        direction: str = "fresh",
+        direction_decay: float = 0.9,
         inner_steps: int = 1,
         normalise: bool = False,
         update_buffers: bool = True,
@@ -103,6 +114,10 @@ class MetaWeighter:
                              f"{meta_gradient!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        if not 0.0 <= direction_decay < 1.0:
+            raise ValueError(f"direction_decay must be in [0, 1), got {direction_decay}")
         for name, value in (("every", every), ("inner_steps", inner_steps)):
             if isinstance(value, bool) or int(value) != value or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -113,6 +128,9 @@ class MetaWeighter:
         self.learned = isinstance(weights, LearnedWeights)
         self.needs_meta = self.learned or weights.needs_meta_gradient
         self.every, self.inner_steps = int(every), int(inner_steps)
+        self.direction, self.direction_decay = direction, float(direction_decay)
+        self._running: dict[str, Tensor] | None = None  # sum of decayed directions
+        self._running_weight = 0.0  # its total weight (bias correction)
         self.normalise, self.update_buffers = bool(normalise), bool(update_buffers)
         self.precision, self.scaler = precision, scaler
         self.meta_gradient = self._method(meta_gradient)
@@ -133,7 +151,8 @@ class MetaWeighter:
         if self.learned:
             self.weight_optimizer = (weight_optimizer or WeightOptimizer()).bind(weights)
         self.calls = 0
-        self.meta_steps = 0
+        self.meta_steps = 0  # weight updates
+        self.episodes = 0  # meta objective evaluations
         self.skipped_meta_steps = 0
         self.last_loss = math.nan
         self.last_meta_loss = math.nan
@@ -179,6 +198,14 @@ class MetaWeighter:
                     "adds eps to sqrt(v) before the bias correction, where torch adds it "
                     "after (about 30x the eps at the first step), and higher has no AdamW or "
                     f"RMSprop. Use 'forward' or 'double_backward' with {self.vopt.kind}.")
+        if self.direction == "running":
+            if method not in ("forward", "finite_difference"):
+                raise ValueError("direction='running' averages the meta direction v, which "
+                                 "only the forward-mode and finite-difference meta-gradients "
+                                 f"use; meta_gradient={method!r} needs direction='fresh'")
+            if not self.learned and self.needs_meta:
+                raise ValueError(f"{type(self.weights).__name__} takes each batch's own "
+                                 "meta-gradient: use direction='fresh'")
         if method in ("double_backward", "higher"):
             if ddp:
                 raise ValueError(f"meta_gradient={method!r} is single-process: DDP does not "
@@ -201,18 +228,19 @@ class MetaWeighter:
         ``per_sample_loss(model(x))`` must return one loss per row. Returns the weighted
         loss, detached."""
         idx = self.weights._rows(torch.as_tensor(indices))
-        n_rows = _batch_size(x)
-        copies = _copies(copies, n_rows, idx.numel())
-        meta_now = self.needs_meta and self.calls % self.every == 0
+        n_rows = checks.batch_size(x)
+        copies = checks.copies_per_instance(copies, n_rows, idx.numel())
+        episode_now = self.needs_meta and self.calls % self.every == 0
+        meta_now = episode_now or (self.learned and self.direction == "running")
         step = self.calls
         self.calls += 1
-        random_state = RandomState(_device_of(x)) if meta_now else None
+        random_state = RandomState(checks.device_of(x)) if meta_now else None
         saved = None if self.update_buffers else {
             n: b.clone() for n, b in self.module.named_buffers()}
         with self._autocast():
             out = self.model(x)
-        _check_output(out, n_rows)
-        losses = _check_losses(per_sample_loss(out), n_rows)
+        checks.check_output(out, n_rows)
+        losses = checks.check_losses(per_sample_loss(out), n_rows)
         dtype = torch.promote_types(losses.dtype, torch.float32)  # bf16/fp16 losses: float32
         inst_losses = losses.detach().to(dtype).view(-1, copies).mean(1)
         batch = gradients.Batch(self.module, x, per_sample_loss, losses, copies,
@@ -220,7 +248,8 @@ class MetaWeighter:
                                 self._autocast, low_precision=self.precision != "fp32")
         w = None
         if self.learned:
-            w = self.weights.sample(idx, inst_losses)
+            with torch.set_grad_enabled(meta_now):  # no graph to the weights between updates
+                w = self.weights.sample(idx, inst_losses)
             self._observe(idx, inst_losses)
             w_real = w.detach()
         else:
@@ -233,7 +262,7 @@ class MetaWeighter:
         keep = meta_now and self.learned and self.meta_gradient == "double_backward"
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward(retain_graph=keep)
         if meta_now and self.learned:
-            self._meta_update(batch, w, idx, before)
+            self._meta_update(batch, w, idx, before, episode_now)
         if saved is not None:
             with torch.no_grad():
                 for n, b in self.module.named_buffers():
@@ -252,6 +281,7 @@ class MetaWeighter:
                              dtype=torch.promote_types(batch.losses.dtype, torch.float32))
             meta_grad, meta = self._meta_gradient(batch, w0, zeros)
             self.meta_steps += 1
+            self.episodes += 1
             self.last_meta_loss = float(meta)
         gathered, own = dist.all_gather_rows(
             idx, inst_losses, *(() if meta_grad is None else (meta_grad,)))
@@ -264,7 +294,7 @@ class MetaWeighter:
         self.weights.observe(*gathered)
 
     def _meta_update(self, batch: gradients.Batch, w: Tensor, idx: Tensor,
-                     before: dict[str, Tensor | None]) -> None:
+                     before: dict[str, Tensor | None], episode: bool = True) -> None:
         scale = float(self.scaler.get_scale()) if self.scaler is not None else 1.0
         grads = {}
         for n, p in self.module.named_parameters():
@@ -278,20 +308,23 @@ class MetaWeighter:
         if int(finite) != self._replicas():
             self.skipped_meta_steps += 1
             return
-        g_w, meta = self._meta_gradient(batch, w, grads)
+        g_w, meta = self._meta_gradient(batch, w, grads, episode)
         replicas = self._replicas()
         reg = self.weights.regulariser(idx) / replicas
         torch.autograd.backward([w, reg] if reg.requires_grad else [w],
                                 [g_w.detach().to(w.dtype)] + ([torch.ones_like(reg)]
                                                               if reg.requires_grad else []))
-        step_rows = self._sync_weight_grads(idx)
+        step_rows = dist.sum_weight_grads(self.weights, idx, self.weight_optimizer.dense)
         self.weight_optimizer.step(step_rows)
         self.meta_steps += 1
-        self.last_meta_loss = float(meta) + float(reg.detach()) * replicas
+        if episode:
+            self.episodes += 1
+            self.last_meta_loss = float(meta) + float(reg.detach()) * replicas
 
-    def _meta_gradient(self, batch: gradients.Batch, w: Tensor,
-                       grads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """dM/dw per instance of this rank's batch, and M (averaged over ranks)."""
+    def _meta_gradient(self, batch: gradients.Batch, w: Tensor, grads: dict[str, Tensor],
+                       episode: bool = True) -> tuple[Tensor, Tensor]:
+        """dM/dw per instance of this rank's batch, and M (averaged over ranks; NaN when no
+        episode ran because a running direction was reused)."""
         method = self.meta_gradient
         if method == "double_backward":
             w_graph = w if w.requires_grad else w.detach().requires_grad_()
@@ -304,35 +337,35 @@ class MetaWeighter:
         theta = {n: p.detach() for n, p in self.module.named_parameters()}
         names = [n for n in self.vopt.tensors if n in grads]
         state = self.vopt.initial_state()
-        stepped, _ = self.vopt.step(theta, {n: grads[n] for n in names}, state)
-        with self._autocast():
-            v, meta = gradients.meta_direction(self.module, stepped, names, self.objective)
-        meta = meta.float().clone()
-        dist.average_([*v.values(), meta])
+        meta = torch.full((), math.nan)
+        if episode or self._running is None:
+            stepped, _ = self.vopt.step(theta, {n: grads[n] for n in names}, state)
+            with self._autocast():
+                v, meta = gradients.meta_direction(self.module, stepped, names, self.objective)
+            meta = meta.float().clone()
+            dist.average_([*v.values(), meta])
+            if self.direction == "running":
+                v = self._update_running(v)
+        else:
+            v = self._running_direction(names)
         tangent = gradients.virtual_tangent(self.vopt, theta, grads, state, v)
         d = gradients.directional(batch, theta, tangent,
                                   finite_difference=method == "finite_difference")
         w_rows = w.detach().to(d.dtype).repeat_interleave(batch.copies)
         return gradients.per_instance(gradients.per_row(batch, d, w_rows), batch.copies), meta
 
-    def _sync_weight_grads(self, idx: Tensor) -> Tensor:
-        """Under torch.distributed, make every rank's weight gradients the sum over all
-        ranks' rows; return the rows the optimiser steps (the global batch's)."""
-        if world()[0] == 1:
-            return idx
-        rows = torch.unique(idx)
-        params = dict(self.weights.named_parameters())
-        row_names = [n for n in self.weights.row_parameters if n in params
-                     and params[n].grad is not None and not self.weight_optimizer.dense]
-        local = [params[n].grad[rows] for n in row_names]
-        gathered, _ = dist.all_gather_rows(rows, *local)
-        for name, values in zip(row_names, gathered[1:]):
-            grad = torch.zeros_like(params[name])
-            grad.index_add_(0, gathered[0], values)
-            params[name].grad = grad
-        dist.sum_([p.grad for n, p in params.items()
-                   if n not in row_names and p.grad is not None])
-        return gathered[0]
+    def _update_running(self, v: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Fold a fresh direction into the running average; return the average."""
+        beta = self.direction_decay
+        if self._running is None:
+            self._running = {n: torch.zeros_like(t) for n, t in v.items()}
+        for n, t in v.items():
+            self._running[n].mul_(beta).add_(t, alpha=1 - beta)
+        self._running_weight = beta * self._running_weight + (1 - beta)
+        return self._running_direction(list(v))
+
+    def _running_direction(self, names: list[str]) -> dict[str, Tensor]:
+        return {n: self._running[n] / self._running_weight for n in names if n in self._running}
 
     def _autocast(self) -> Any:
         dtype = PRECISIONS[self.precision]
@@ -349,100 +382,28 @@ class MetaWeighter:
         """Counters, the weight optimiser and the objective's state (not the weights or the
         model, which the caller saves)."""
         return {
-            "calls": self.calls, "meta_steps": self.meta_steps,
+            "calls": self.calls, "meta_steps": self.meta_steps, "episodes": self.episodes,
             "skipped_meta_steps": self.skipped_meta_steps,
             "weight_optimizer": None if self.weight_optimizer is None
             else self.weight_optimizer.state_dict(),
             "objective": self.objective.state_dict()
             if hasattr(self.objective, "state_dict") else None,
+            "running_direction": None if self._running is None else
+            {"sum": {n: t.clone() for n, t in self._running.items()},
+             "weight": self._running_weight},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.calls = int(state["calls"])
         self.meta_steps = int(state["meta_steps"])
+        self.episodes = int(state.get("episodes", 0))
         self.skipped_meta_steps = int(state.get("skipped_meta_steps", 0))
         if self.weight_optimizer is not None and state.get("weight_optimizer") is not None:
             self.weight_optimizer.load_state_dict(state["weight_optimizer"])
         if state.get("objective") is not None and hasattr(self.objective, "load_state_dict"):
             self.objective.load_state_dict(state["objective"])
-
-
-# -- checks -------------------------------------------------------------------------------------
-def _device_of(x: Any) -> torch.device:
-    first = x if isinstance(x, Tensor) else next(t for t in _tensors(x))
-    return first.device
-
-
-def _tensors(obj: Any):
-    if isinstance(obj, Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for o in obj:
-            yield from _tensors(o)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            yield from _tensors(o)
-
-
-def _batch_size(x: Any) -> int:
-    if isinstance(x, Tensor):
-        if x.dim() == 0:
-            raise ValueError("x must be a batch with a leading batch dimension, got a scalar")
-        return x.shape[0]
-    first = next(_tensors(x), None) if isinstance(x, (list, tuple, dict)) else None
-    if first is None or first.dim() == 0:
-        raise TypeError(f"x must be a tensor (or a tuple or dict of tensors with a batch "
-                        f"dimension), got {type(x).__name__}")
-    return first.shape[0]
-
-
-def _copies(copies: int | str, n_rows: int, n_inst: int) -> int:
-    if n_inst == 0:
-        raise ValueError("indices is empty: nothing to train on")
-    if copies == "infer":
-        if n_rows % n_inst:
-            raise LossShapeError(
-                f"x has {n_rows} rows but indices has {n_inst} entries: x must hold the same "
-                "number of consecutive copies of each indexed instance (e.g. 4 rotations, "
-                "see bw.rotate4, or 2 views, see bw.pretext.interleave), so its length must "
-                "be a multiple of len(indices)")
-        return n_rows // n_inst
-    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
-        raise ValueError(f"copies must be a positive integer or 'infer', got {copies!r}")
-    if n_rows != copies * n_inst:
-        raise LossShapeError(
-            f"x has {n_rows} rows but {n_inst} indices x {copies} copies = "
-            f"{n_inst * copies} were expected: pass one index per instance and `copies` "
-            "consecutive rows for each (two views go in as rows 2i and 2i + 1: "
-            "bw.pretext.interleave(view_a, view_b), not torch.cat)")
-    return copies
-
-
-def _check_output(out: Any, n_rows: int) -> None:
-    """The model must return one output row per input row (checked before the loss runs)."""
-    for t in _tensors(out):
-        if t.dim() >= 1 and t.shape[0] != n_rows:
-            raise ValueError(f"the model returned an output of shape {tuple(t.shape)} for a "
-                             f"batch of {n_rows} inputs: its first dimension must be the "
-                             "batch (one output per input row)")
-    if isinstance(out, Tensor) and out.dim() == 0:
-        raise ValueError(f"the model returned a scalar for a batch of {n_rows} inputs: it "
-                         "must return one output per input row")
-
-
-def _check_losses(losses: Any, n_rows: int) -> Tensor:
-    if not isinstance(losses, Tensor):
-        raise TypeError(f"per_sample_loss must return a tensor, got {type(losses).__name__}")
-    if losses.dim() == 0:
-        raise LossShapeError(
-            "per_sample_loss returned a scalar: it must return one loss per row of x, e.g. "
-            "F.cross_entropy(out, y, reduction='none'). A library loss that averages over "
-            "the batch (lightly's NTXentLoss, NegativeCosineSimilarity, ...) cannot be "
-            "weighted per instance: use its per-sample form (bw.pretext.nt_xent_loss, "
-            "info_nce_loss, byol_loss, simsiam_loss)")
-    if losses.shape != (n_rows,):
-        raise LossShapeError(
-            f"per_sample_loss returned shape {tuple(losses.shape)}; expected ({n_rows},), "
-            "one loss per input row (use reduction='none' and flatten any extra "
-            "dimensions; with two views, one loss per view, rows 2i and 2i + 1)")
-    return losses
+        running = state.get("running_direction")
+        if running is not None:
+            params = dict(self.module.named_parameters())
+            self._running = {n: t.to(params[n]) for n, t in running["sum"].items()}
+            self._running_weight = float(running["weight"])

@@ -1,6 +1,7 @@
 """Self-supervised pretext tasks, expressed as per-sample losses."""
 
 from betaweighter.pretext.base import Pretext, PretextBatch
+from betaweighter.pretext.boxes import PSEUDO_BOX_METHODS, PseudoBoxes, filter_boxes
 from betaweighter.pretext.byol import (
     BYOLPretext,
     SimSiamPretext,
@@ -12,6 +13,7 @@ from betaweighter.pretext.heads import mlp_head
 from betaweighter.pretext.moco import MoCoPretext, info_nce_loss
 from betaweighter.pretext.momentum import MomentumTarget, check_separate
 from betaweighter.pretext.rotation import RotationPretext, rotate4, rotation_loss
+from betaweighter.pretext.rpn import RPNPretext, check_boxes
 from betaweighter.pretext.simclr import SimCLRPretext, nt_xent_loss
 from betaweighter.pretext.twoview import TwoViewPretext
 from betaweighter.pretext.views import (
@@ -25,9 +27,10 @@ from betaweighter.pretext.views import (
 )
 
 __all__ = [
-    "BYOLPretext", "MoCoPretext", "MomentumTarget", "Pretext", "PretextBatch",
-    "RotationPretext", "SimCLRPretext", "SimSiamPretext", "TwoViewPretext", "TwoViews",
-    "ViewPool", "augment_pairs", "byol_loss", "check_separate", "info_nce_loss", "interleave",
-    "mlp_head", "negative_cosine", "nt_xent_loss", "rotate4", "rotation_loss", "simclr_view",
+    "PSEUDO_BOX_METHODS", "BYOLPretext", "MoCoPretext", "MomentumTarget", "Pretext",
+    "PretextBatch", "PseudoBoxes", "RPNPretext", "RotationPretext", "SimCLRPretext",
+    "SimSiamPretext", "TwoViewPretext", "TwoViews", "ViewPool", "augment_pairs", "byol_loss",
+    "check_boxes", "check_separate", "filter_boxes", "info_nce_loss", "interleave", "mlp_head",
+    "negative_cosine", "nt_xent_loss", "rotate4", "rotation_loss", "simclr_view",
     "simsiam_loss", "swap_views", "two_view_pipelines",
 ]

@@ -6,12 +6,14 @@ the model handed to `MetaWeighter` and to the optimiser. `batch` turns a batch o
 images into a `PretextBatch`: the inputs, a per-row loss and the number of rows per
 instance (``copies``: 4 rotations, 2 views, 1). Anything the task keeps outside the
 gradient (a momentum encoder, a queue of negatives) is updated in `after_step`, which the
-training loop calls after ``optimizer.step()``.
+training loop calls after ``optimizer.step()``. `loss_parts` reports the pieces of a
+composite loss for the metrics, and `checkpoint_entries` adds task-specific entries (a
+detector initialisation) to the checkpoints a run writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +49,16 @@ class Pretext(nn.Module):
     def after_step(self) -> None:
         """Update what the task keeps outside the gradient (after ``optimizer.step()``)."""
 
-    def bind_data(self, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
-        """Learn the pool's image side and normalisation (the trainer calls this with the
-        data bundle's before training; augmenting tasks build their pipelines from it)."""
+    def bind_data(self, bundle: Any) -> None:
+        """Learn what the task needs to know of the data it will see (a `DataBundle`: e.g.
+        its normalisation, to look at pixels); called by the experiment factory."""
+
+    def loss_parts(self) -> dict[str, float]:
+        """The components of the last batch's loss (name -> batch mean), for the metrics of
+        a task whose loss is a sum (e.g. RPN objectness + box regression); empty if none."""
+        return {}
+
+    def checkpoint_entries(self) -> dict[str, Any]:
+        """Extra top-level entries for the task's checkpoints (e.g. a detector
+        initialisation); the keys must not clash with the trainer's own."""
+        return {}

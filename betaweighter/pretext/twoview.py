@@ -75,9 +75,14 @@ class TwoViewPretext(Pretext):
             if image_size is None or mean is None or std is None:
                 raise ValueError("give image_size, mean and std together (or none of them, "
                                  "and call bind_data later)")
-            self.bind_data(image_size, mean, std)
+            self._build_views(image_size, mean, std)
 
-    def bind_data(self, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    def bind_data(self, bundle: Any) -> None:
+        """Build the view pipelines for the bundle's image side and normalisation."""
+        self._build_views(bundle.image_size, bundle.mean, bundle.std)
+
+    def _build_views(self, image_size: int, mean: Sequence[float],
+                     std: Sequence[float]) -> None:
         self._views = two_view_pipelines(self.recipe, image_size, mean, std, **self.augment)
 
     def views(self, x: Tensor) -> Tensor:
@@ -90,8 +95,9 @@ class TwoViewPretext(Pretext):
             return x.flatten(0, 1)
         if self._views is None:
             raise RuntimeError(f"{type(self).__name__} has no augmentation pipelines: pass "
-                               "image_size, mean and std (or call bind_data), or feed view "
-                               "pairs (B, 2, C, H, W) from bw.pretext.ViewPool")
+                               "image_size, mean and std (or call bind_data with a "
+                               "DataBundle), or feed view pairs (B, 2, C, H, W) from "
+                               "bw.pretext.ViewPool")
         return augment_pairs(x, *self._views)
 
 

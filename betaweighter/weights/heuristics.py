@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from betaweighter.weights.base import WeightRule
+from betaweighter.weights.running import running_average, update_running_average
 
 __all__ = ["LossHeuristicWeights"]
 
@@ -76,25 +77,13 @@ class LossHeuristicWeights(WeightRule):
             if not torch.isfinite(losses).all():
                 raise ValueError("LossHeuristicWeights got a non-finite loss: the model's pretext "
                                  "loss diverged (check its learning rate)")
-            self._update(rows, losses if self.rule != "el2n" else -torch.expm1(-losses))
+            scores = losses if self.rule != "el2n" else -torch.expm1(-losses)
+            update_running_average(self.average, self.visits, rows, scores, self.smoothing)
         return self.mean(rows)
-
-    def _update(self, rows: Tensor, scores: Tensor) -> None:
-        m = self.smoothing
-        if rows.unique().numel() == rows.numel():
-            self.average[rows] = m * self.average[rows] + (1 - m) * scores
-            self.visits[rows] += 1
-            return
-        for i, s in zip(rows.tolist(), scores.tolist()):  # an instance twice: one visit each
-            self.average[i] = m * self.average[i] + (1 - m) * s
-            self.visits[i] += 1
 
     def scores(self, indices: Tensor | None = None) -> Tensor:
         """Each instance's bias-corrected running score (NaN if not seen yet)."""
-        rows = self._rows(indices)
-        avg, visits = self.average[rows], self.visits[rows]
-        out = avg / (1.0 - self.smoothing ** visits.to(avg.dtype)).clamp_min(1e-30)
-        return torch.where(visits > 0, out, torch.full_like(out, float("nan")))
+        return running_average(self.average, self.visits, self._rows(indices), self.smoothing)
 
     @torch.no_grad()
     def mean(self, indices: Tensor | None = None) -> Tensor:

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from betaweighter.weights.base import WeightRule
+from betaweighter.weights.running import running_average, update_running_average
 
 __all__ = ["L2RW"]
 
@@ -78,29 +79,15 @@ class L2RW(WeightRule):
             w = w * (w.numel() / w.sum())
         else:
             w = torch.ones_like(w)
-        self._record(rows, w)
+        update_running_average(self.average, self.visits, rows, w, self.smoothing)
         return w
-
-    def _record(self, rows: Tensor, w: Tensor) -> None:
-        w = w.to(self.average)
-        m = self.smoothing
-        if rows.unique().numel() == rows.numel():
-            self.average[rows] = m * self.average[rows] + (1 - m) * w
-            self.visits[rows] += 1
-            return
-        for i, wi in zip(rows.tolist(), w.tolist()):  # an instance twice: one visit each
-            self.average[i] = m * self.average[i] + (1 - m) * wi
-            self.visits[i] += 1
 
     @torch.no_grad()
     def mean(self, indices: Tensor | None = None) -> Tensor:
         """Bias-corrected moving average of the weights each instance was given (1 for an
         instance not visited yet: the uniform control's weight)."""
-        rows = self._rows(indices)
-        avg, visits = self.average[rows], self.visits[rows]
-        correction = 1.0 - self.smoothing ** visits.to(avg.dtype)
-        out = avg / correction.clamp_min(torch.finfo(avg.dtype).tiny)
-        return torch.where(visits > 0, out, torch.ones_like(out))
+        return running_average(self.average, self.visits, self._rows(indices), self.smoothing,
+                               unseen=1.0)
 
     @torch.no_grad()
     def std(self, indices: Tensor | None = None) -> Tensor:

@@ -32,3 +32,27 @@ def test_summary_and_saved_splits(tmp_path):
 def test_in_domain_must_fit_the_pool():
     with pytest.raises(ValueError, match="2 entries for a pool of 6"):
         _bundle(in_domain=[True, False])
+
+
+def test_transformed_view_keeps_labels_without_decoding_and_fingerprints():
+    import numpy as np
+    import torch
+
+    from betaweighter.data import Transformed
+
+    class Raw:
+        targets = np.array([3, 1, 2])
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return torch.full((1,), float(i)), int(self.targets[i])
+
+        def fingerprint(self):
+            return "raw"
+
+    view = Transformed(Raw(), lambda x: x * 10, [2, 0])
+    assert view.targets.tolist() == [2, 3] and len(view) == 2
+    assert view[0][0].item() == 20.0 and view[0][1] == 2
+    assert view.fingerprint() != Transformed(Raw(), None, [2, 0]).fingerprint()

@@ -54,3 +54,17 @@ def test_channel_stats_match_direct_computation():
     assert np.allclose(mean, pixels.mean(1)) and np.allclose(std, pixels.std(1))
     sub_mean, _ = channel_stats(images, max_items=3, seed=0)
     assert sub_mean == channel_stats(images, max_items=3, seed=0)[0] != mean
+
+
+def test_finetune_transform_random_resized_crop_and_flip():
+    import torch
+
+    from betaweighter.data import IMAGENET_MEAN, IMAGENET_STD, finetune_transform
+
+    t = finetune_transform(16, IMAGENET_MEAN, IMAGENET_STD)
+    image = torch.randint(0, 256, (3, 40, 30), dtype=torch.uint8)
+    torch.manual_seed(0)
+    a = t(image)
+    torch.manual_seed(1)
+    b = t(image)
+    assert a.shape == b.shape == (3, 16, 16) and not torch.equal(a, b)

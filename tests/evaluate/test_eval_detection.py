@@ -65,7 +65,7 @@ def test_two_iteration_training_on_synthetic_coco_gives_finite_ap(tmp_path, coco
                      classes=train.classes)
     torch.manual_seed(0)
     r = evaluate_detection(build_model("resnet18"), train, test, images=4, batch_size=2,
-                  score_threshold=0.0, device="cpu", **TINY)
+                           score_threshold=0.0, device="cpu", **TINY)
     assert r["training"]["iterations"] == 2 and r["training"]["images_seen"] == 4
     assert math.isfinite(r["training"]["final_loss"])
     for key in ("AP", "AP50", "AP75", "voc07_AP50"):

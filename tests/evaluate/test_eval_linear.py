@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from betaweighter.data.labelled import labelled_folder_splits
-from betaweighter.evaluate.linear import default_c_grid, fit_linear_probe, linear_probe
+from betaweighter.evaluate.linear import (
+    default_c_grid,
+    fit_linear_probe,
+    linear_probe,
+    select_c,
+)
 from betaweighter.models import build_model
 
 
@@ -81,3 +86,15 @@ def test_probe_on_a_backbone_and_image_folders(colour_folders, tiny_convnet_conf
     assert r["n_train"] == 18 and r["n_test"] == 15 and r["feature_dim"] == 8
     assert r["top1"] >= 0.8  # flat colours are easy even for random conv features
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 6  # 3 splits x (features, labels)
+
+
+def test_select_c_fits_train_and_scores_val_only():
+    rng = np.random.default_rng(3)
+    centres = 3 * rng.normal(size=(3, 8))
+    train, val = _blobs(rng, 20, centres), _blobs(rng, 10, centres)
+    grid = [1e-6, 1e-3, 1.0]
+    out = select_c(train, val, c_values=grid)
+    full = fit_linear_probe(train, val, val, c_values=grid)  # the same selection, then more
+    assert out["C"] == full["C"] and out["val_score"] == full["val_score"]
+    assert out["val_scores"] == full["val_scores"]
+    assert set(out) == {"C", "val_score", "val_scores", "not_converged"}  # no test, no refit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
 
 from betaweighter.experiment.config import ConfigError, dump_config, load_config
@@ -121,3 +122,14 @@ def test_every_shipped_config_is_valid():
                 with pytest.raises(ConfigError, match="--set data.root="):
                     load_config(path)
             load_config(path, ["data.root=/data"] if needs_root else [])
+
+
+def test_sync_batchnorm_is_refused_where_it_cannot_work():
+    from helpers import TINY
+
+    from betaweighter.experiment.factory import build
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU refusal is what this machine can check")
+    with pytest.raises(ConfigError, match="needs CUDA"):
+        build(load_config(overrides=TINY + ["train.sync_batchnorm=true"]))

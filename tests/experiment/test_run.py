@@ -110,7 +110,7 @@ def test_resume_refuses_an_edited_config_and_other_settings(finished, tmp_path):
         Trainer.resume(run, overrides=["meta.way=5"])
     with pytest.raises(ConfigError, match="already trained 2 epochs"):
         Trainer.resume(run, overrides=["train.epochs=1"])
-    text = (run / "config.yaml").read_text().replace("epochs: 3", "epochs: 5")
+    text = (run / "config.yaml").read_text().replace("way: 3", "way: 4")
     (run / "config.yaml").write_text(text)
     with pytest.raises(CheckpointError, match="another config"):
         Trainer.resume(run)

@@ -267,3 +267,41 @@ def test_bad_combinations_fail_at_construction():
     with pytest.raises(TypeError, match="objective must be callable"):
         bw.MetaWeighter(model, bw.BetaWeights(N), opt)
     bw.MetaWeighter(model, bw.UniformWeights(N), opt)  # a rule without meta needs nothing
+
+
+def test_running_direction_updates_every_batch_and_averages_the_episodes():
+    """direction='running': the episode runs every k-th call, the weights move on every
+    call; with decay 0 an episode call is exactly the fresh update."""
+    x, y = bw.rotate4(images(3, seed=5))
+
+    def make(**kw):
+        model = tiny_convnet()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        return bw.MetaWeighter(model, bw.BetaWeights(N).double(), opt,
+                               bw.PrototypicalLoss(3, 2, 2), target=labelled(24, 3, seed=2),
+                               weight_optimizer=bw.WeightOptimizer(lr=1.0, normalise=False),
+                               **kw)
+
+    fresh, running = make(), make(direction="running", direction_decay=0.0, every=2)
+    for meta in (fresh, running):
+        torch.manual_seed(0)
+        meta.backward(x, _ce(y), [1, 2, 3])
+    torch.testing.assert_close(running.weights.log_alpha, fresh.weights.log_alpha)
+    before = running.weights.log_alpha.detach().clone()
+    running.backward(x, _ce(y), [4, 5, 6])  # no episode: the stored direction is reused
+    assert running.episodes == 1 and running.meta_steps == 2 and running.calls == 2
+    assert not torch.equal(running.weights.log_alpha[4:7], before[4:7])
+    state = running.state_dict()["running_direction"]
+    assert state["weight"] == 1.0
+    averaged = make(direction="running", direction_decay=0.5)
+    for _ in range(2):
+        averaged.backward(x, _ce(y), [1, 2, 3])
+    assert averaged.state_dict()["running_direction"]["weight"] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="direction='fresh'"):
+        make(direction="running", meta_gradient="double_backward")
+    model = tiny_convnet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="direction='fresh'"):
+        bw.MetaWeighter(model, bw.L2RW(N), opt, lambda m: m.params["head.bias"].sum(),
+                        direction="running")
+    bw.MetaWeighter(model, bw.UniformWeights(N), opt, direction="running")  # moot: no meta

@@ -37,3 +37,20 @@ def test_grouping_lines_up_with_repeat_interleave():
 def test_bad_shapes(shape, match):
     with pytest.raises(ValueError, match=match):
         bw.rotate4(torch.zeros(shape))
+
+
+def test_rotation_pretext_batch_is_four_copies_with_their_labels():
+    from betaweighter.models import conv_net
+
+    pretext = bw.RotationPretext(conv_net(num_classes=4, width=4, blocks=1))
+    assert isinstance(pretext, bw.pretext.Pretext)
+    x = torch.randn(3, 3, 8, 8)
+    batch = pretext.batch(x)
+    assert isinstance(batch, bw.pretext.PretextBatch) and batch.copies == 4
+    assert batch.inputs.shape == (12, 3, 8, 8)
+    out = pretext(batch.inputs)
+    losses = batch.loss_fn(out)
+    torch.testing.assert_close(losses, bw.pretext.rotation_loss(out, torch.arange(4).repeat(3)))
+    assert pretext.features(x).shape == (3, 4)
+    with pytest.raises(ValueError, match="4-way head"):
+        bw.RotationPretext(conv_net(num_classes=10, width=4, blocks=1))

@@ -1,0 +1,212 @@
+"""``betaweighter compare``: does pruning pay? Three variants of one config, several seeds.
+
+For every seed, on the same data and budget:
+
+* ``rotnet``: the pretext task alone (uniform weights, no pruning): the baseline;
+* ``bdw``: the config as given (learned weights with pruning);
+* ``random``: the same weights, but the instances pruned are drawn at random, exactly as
+  many per epoch as that seed's ``bdw`` run decided: the control that separates "pruning the
+  right images" from "pruning some images".
+
+The result is one table (mean and 95 % confidence interval over seeds, Student's t) of the
+final test accuracy, the training wall time, the images seen, the wall time each variant
+needs to reach the baseline's final validation accuracy, and, where the pool's domain is
+known, the AUROC of the mean weights and the in-domain share of what was pruned; plus one
+plot of validation accuracy against wall time and against images seen.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from scipy import stats
+
+from betaweighter.errors import ConfigError
+from betaweighter.experiment.config import Config, load_config
+from betaweighter.experiment.rundir import RunDir, create_run_dir
+from betaweighter.experiment.trainer import Trainer
+from betaweighter.io import atomic_write_text, write_json
+
+__all__ = ["VARIANTS", "CompareResult", "compare", "confidence_interval"]
+
+VARIANTS = ("rotnet", "bdw", "random")
+LABELS = {"rotnet": "baseline (no weights, no pruning)", "bdw": "weights + pruning",
+          "random": "weights + random pruning (matched counts)"}
+METRICS = ("test_accuracy", "train_seconds", "images_seen", "seconds_to_baseline",
+           "auroc_in_domain", "pruned_in_domain_share", "kept_fraction")
+
+
+def confidence_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """(mean, half-width) of a Student-t interval over the finite values (NaN half-width
+    with fewer than two)."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
+    if x.size == 0:
+        return math.nan, math.nan
+    if x.size == 1:
+        return float(x[0]), math.nan
+    half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return float(x.mean()), float(half)
+
+
+@dataclass
+class CompareResult:
+    """Per-variant, per-seed summaries and curves, and the table over seeds."""
+
+    directory: Path
+    seeds: list[int]
+    runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    table: list[dict[str, Any]] = field(default_factory=list)
+
+    def format(self) -> str:
+        """The table as aligned text (mean +- half-width)."""
+        head = ["variant", "test acc (%)", "train time (s)", "images seen",
+                "time to baseline (s)", "AUROC in-domain", "in-domain share of pruned"]
+        rows = [head]
+        for r in self.table:
+            rows.append([r["variant"], _fmt(r, "test_accuracy", 100, 1),
+                         _fmt(r, "train_seconds", 1, 0), _fmt(r, "images_seen", 1, 0),
+                         _fmt(r, "seconds_to_baseline", 1, 0) + _reached(r),
+                         _fmt(r, "auroc_in_domain", 1, 2),
+                         _fmt(r, "pruned_in_domain_share", 1, 2)])
+        widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+def _fmt(row: dict[str, Any], key: str, scale: float, digits: int) -> str:
+    mean, half = row[key]
+    if not math.isfinite(mean):
+        return "-"
+    text = f"{mean * scale:.{digits}f}"
+    return text + (f" ± {half * scale:.{digits}f}" if math.isfinite(half) else "")
+
+
+def _reached(row: dict[str, Any]) -> str:
+    n, total = row["reached_baseline"]
+    return "" if n == total else f" ({n}/{total} reached)"
+
+
+def compare(config: Config | str | Path, seeds: Sequence[int] = (0, 1, 2),
+            out: str | Path = "runs", overrides: Sequence[str] = (),
+            variants: Sequence[str] = VARIANTS) -> CompareResult:
+    """Run `variants` of `config` for every seed and summarise (see the module docstring).
+
+    The config must use learned weights with pruning enabled (the ``bdw`` variant); the
+    runs go into a new directory ``out/<experiment name>-compare`` that holds
+    ``compare.json``, ``compare.csv`` and ``compare.png``.
+    """
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or not variants:
+        raise ConfigError(f"unknown compare variants {unknown}; choose from {VARIANTS}")
+    if "random" in variants and "bdw" not in variants:
+        raise ConfigError("the random-pruning control matches the bdw run's counts: include "
+                          "the bdw variant")
+    cfg = config if isinstance(config, Config) else load_config(config, list(overrides))
+    if not cfg.pruning.enabled or cfg.pruning.rule == "random":
+        raise ConfigError("compare needs a config with pruning.enabled=true and a pruning rule "
+                          "other than random (the bdw variant); set pruning.enabled=true")
+    directory = create_run_dir(out, f"{cfg.experiment.name}-compare")
+    result = CompareResult(directory, [int(s) for s in seeds])
+    for seed in result.seeds:
+        counts = None
+        for variant in [v for v in VARIANTS if v in variants]:
+            extra = [f"experiment.seed={seed}", f"experiment.output_root={directory}",
+                     f"experiment.name={variant}-s{seed}"]
+            if variant == "rotnet":
+                extra += ["weights.method=rotnet", "pruning.enabled=false"]
+            elif variant == "random":
+                extra += ["pruning.rule=random", f"pruning.control={counts}"]
+            run_cfg = load_config(base=cfg.to_dict(), overrides=extra)
+            with Trainer.start(run_cfg) as trainer:
+                summary = trainer.run()
+                run_dir = trainer.run_dir
+            rows = RunDir(run_dir).metrics()
+            if variant == "bdw":
+                counts = [int(r["decided"] or 0) for r in rows]
+            result.runs.setdefault(variant, []).append(
+                {"seed": seed, "run_dir": str(run_dir), "summary": summary, "curve": _curve(rows)})
+    _summarise(result)
+    _write(result)
+    return result
+
+
+def _curve(rows: list[dict[str, str]]) -> dict[str, list[float]]:
+    def num(r: dict[str, str], k: str) -> float:
+        v = r.get(k)
+        return float(v) if v not in (None, "") else math.nan
+
+    return {"epoch": [num(r, "epoch") for r in rows],
+            "wall": np.cumsum([num(r, "epoch_seconds") for r in rows]).tolist(),
+            "images": [num(r, "images_seen") for r in rows],
+            "val_accuracy": [num(r, "val_accuracy") for r in rows]}
+
+
+def _seconds_to(curve: dict[str, list[float]], goal: float) -> float:
+    for wall, acc in zip(curve["wall"], curve["val_accuracy"]):
+        if math.isfinite(acc) and acc >= goal - 1e-12:
+            return float(wall)
+    return math.nan
+
+
+def _summarise(result: CompareResult) -> None:
+    baseline = result.runs.get("rotnet") or next(iter(result.runs.values()))
+    goal = float(np.nanmean([run["curve"]["val_accuracy"][-1] for run in baseline]))
+    result.table = []
+    for variant, runs in result.runs.items():
+        values: dict[str, list[float]] = {k: [] for k in METRICS}
+        for run in runs:
+            s = run["summary"]
+            run["seconds_to_baseline"] = _seconds_to(run["curve"], goal)
+            for key in METRICS:
+                v = run["seconds_to_baseline"] if key == "seconds_to_baseline" else s.get(key)
+                values[key].append(float(v) if v is not None else math.nan)
+        row: dict[str, Any] = {"variant": variant, "label": LABELS[variant],
+                               "baseline_val_accuracy": goal}
+        row.update({k: confidence_interval(v) for k, v in values.items()})
+        reached = sum(math.isfinite(v) for v in values["seconds_to_baseline"])
+        row["reached_baseline"] = (reached, len(runs))
+        result.table.append(row)
+
+
+def _write(result: CompareResult) -> None:
+    d = result.directory
+    write_json(d / "compare.json", {"seeds": result.seeds, "table": result.table,
+                                    "runs": result.runs})
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["variant"] + [f"{k}_{p}" for k in METRICS for p in ("mean", "ci95")])
+    for row in result.table:
+        w.writerow([row["variant"]] + [f"{v:.6g}" for k in METRICS for v in row[k]])
+    atomic_write_text(d / "compare.csv", out.getvalue())
+    _plot(result, d / "compare.png")
+
+
+def _plot(result: CompareResult, path: Path) -> None:
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2, sharey=True)
+    for variant, runs in result.runs.items():
+        acc = np.array([r["curve"]["val_accuracy"] for r in runs], np.float64)
+        mean = np.nanmean(acc, axis=0)
+        half = np.array([confidence_interval(col)[1] for col in acc.T])
+        for ax, key in zip(axes, ("wall", "images")):
+            x = np.nanmean(np.array([r["curve"][key] for r in runs], np.float64), axis=0)
+            ax.plot(x, mean, marker="o", label=LABELS[variant])
+            if np.isfinite(half).any():
+                ax.fill_between(x, mean - np.nan_to_num(half), mean + np.nan_to_num(half),
+                                alpha=0.2)
+    axes[0].set_xlabel("training wall time (s)")
+    axes[1].set_xlabel("images seen")
+    axes[0].set_ylabel("validation accuracy (linear probe)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"mean and 95% CI over {len(result.seeds)} seed(s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -1,0 +1,139 @@
+"""The ``evaluate.<task>`` sections of the config schema: what `betaweighter evaluate`
+runs on a checkpoint (linear probe, few-shot, fine-tuning, detection).
+
+Image size and normalisation default to null, which means "what the checkpoint was
+pre-trained with" (its ``data_config``); paths are resolved like every path of a config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["PATH", "ClassificationData", "DetectionData", "DetectionTask", "FewShotDetection",
+           "FewshotTask", "FinetuneTask", "LinearTask", "span"]
+
+
+def span(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+         hi_open: bool = False) -> dict:
+    """Field metadata: the allowed range of a number (open or closed at each end)."""
+    return {"range": (lo, hi, lo_open, hi_open)}
+
+
+#: Field metadata: a path, resolved against the config file's folder (or the working
+#: directory for --set).
+PATH = {"path": True}
+_range = span
+
+
+@dataclass
+class ClassificationData:
+    train: str | None = field(default=None, metadata=PATH)
+    val: str | None = field(default=None, metadata=PATH)
+    test: str | None = field(default=None, metadata=PATH)
+    val_fraction: float = field(default=0.2, metadata=_range(0, 1, True, True))
+
+
+@dataclass
+class _TaskCommon:
+    batch_size: int = field(default=64, metadata=_range(1))
+    num_workers: int = field(default=0, metadata=_range(0))
+    seed: int = field(default=0, metadata=_range(0))
+    # null: the image size and normalisation the checkpoint was pre-trained with
+    image_size: int | None = field(default=None, metadata=_range(8))
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+@dataclass
+class LinearTask(_TaskCommon):
+    data: ClassificationData = field(default_factory=ClassificationData)
+    c_values: list[float] | None = None  # null: the 45-value grid of arXiv:2011.13377
+    max_iter: int = field(default=1000, metadata=_range(1))
+    metric: Literal["top1", "mean_per_class"] = "top1"
+    standardize: bool = False
+    calibration_bins: int = field(default=15, metadata=_range(1))
+    cache_features: bool = True
+
+
+@dataclass
+class FewshotTask(_TaskCommon):
+    data: ClassificationData = field(default_factory=ClassificationData)
+    way: int = field(default=5, metadata=_range(2))
+    shot: int = field(default=5, metadata=_range(1))
+    query: int = field(default=15, metadata=_range(1))
+    episodes: int = field(default=600, metadata=_range(1))
+    classifier: Literal["ncm", "logistic"] = "ncm"
+    logistic_c: float = field(default=1.0, metadata=_range(0, lo_open=True))
+    feature_norm: Literal["none", "l2"] = "none"
+    splits: list[Literal["train", "val", "test"]] = field(
+        default_factory=lambda: ["train", "val", "test"])
+    episodes_file: str | None = field(default=None, metadata=PATH)
+    cache_features: bool = True
+
+
+@dataclass
+class FinetuneTask(_TaskCommon):
+    data: ClassificationData = field(default_factory=ClassificationData)
+    steps: int = field(default=5000, metadata=_range(1))
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lrs: list[float] = field(default_factory=lambda: [0.1, 0.01, 0.001])
+    weight_decays: list[float] = field(default_factory=lambda: [0.0, 1e-4])
+    momentum: float = field(default=0.9, metadata=_range(0, 1))
+    metric: Literal["top1", "mean_per_class"] = "top1"
+    refit: bool = True
+
+
+@dataclass
+class DetectionData:
+    # Each source: {format: coco, images: DIR, annotations: FILE.json} or
+    # {format: voc, root: VOCdevkit/VOC2007, split: trainval}; train may list several.
+    train: list[dict] | dict | None = None
+    test: list[dict] | dict | None = None
+    on_bad_box: Literal["skip", "error"] = "skip"
+
+
+@dataclass
+class FewShotDetection:
+    # Novel classes by name; null: TFA's VOC split `split` (1, 2 or 3).
+    novel_classes: list[str] | None = None
+    split: int = field(default=1, metadata=_range(1, 3))
+    shots: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 10])
+    # tfa: base training, then only the box predictor on the K-shot set; direct: the whole
+    # detector on the K-shot set, from the initialisation.
+    finetune: Literal["tfa", "direct"] = "tfa"
+    base_images: int = field(default=20_000, metadata=_range(1))
+
+
+@dataclass
+class DetectionTask:
+    data: DetectionData = field(default_factory=DetectionData)
+    # backbone: only the trunk is pre-trained; rpn: also the FPN and RPN of an RPN
+    # pre-training checkpoint (pretext rpn), the rest starts fresh.
+    init: Literal["backbone", "rpn"] = "backbone"
+    # null: the checkpoint's (init: rpn) or torchvision's defaults
+    anchor_sizes: list[int] | None = None
+    aspect_ratios: list[float] | None = None
+    # full: one run on all training images; label_scarce: each of `fractions` of the
+    # images, for each of `seeds`; few_shot: the K-shot protocol of `few_shot`.
+    protocol: Literal["full", "label_scarce", "few_shot"] = "full"
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    few_shot: FewShotDetection = field(default_factory=FewShotDetection)
+    batch_size: int = field(default=2, metadata=_range(1))
+    num_workers: int = field(default=0, metadata=_range(0))
+    seed: int = field(default=0, metadata=_range(0))
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    trainable_layers: int = field(default=1, metadata=_range(0, 5))
+    images: int = field(default=288_000, metadata=_range(1))
+    lr: float | None = field(default=None, metadata=_range(0, lo_open=True))
+    momentum: float = field(default=0.9, metadata=_range(0, 1))
+    weight_decay: float = field(default=1e-4, metadata=_range(0))
+    warmup_images: int = field(default=200, metadata=_range(0))
+    lr_steps: list[float] = field(default_factory=lambda: [2 / 3, 8 / 9])
+    min_size: list[int] = field(default_factory=lambda: list(range(480, 801, 32)))
+    max_size: int = field(default=1333, metadata=_range(1))
+    score_threshold: float = field(default=0.05, metadata=_range(0, 1))
+    detections_per_image: int = field(default=100, metadata=_range(1))
+    hflip: bool = True

@@ -1,0 +1,68 @@
+"""A detection meta objective: the look-ahead model's box loss on labelled target images.
+
+For weighted RPN pre-training the natural question to ask of a look-ahead step is "does
+the region proposal network now find the objects of the target domain better?". This
+objective answers it with the RPN loss (objectness + box regression, as in
+`RPNPretext.target_loss`) of the look-ahead model on a seeded batch of a few labelled
+target images, scored against their real boxes. The model must have a method
+``target_loss(images, boxes) -> per-image losses`` (``RPNPretext`` has);
+`PrototypicalLoss` on crops of the target objects is the alternative that needs no boxes
+at meta time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from betaweighter.meta.objectives import MetaObjective
+from betaweighter.runtime import world
+
+__all__ = ["DetectionLoss"]
+
+
+class DetectionLoss(MetaObjective):
+    """Mean of ``model.target_loss(images, boxes)`` over `batch_size` labelled images per
+    call, walking through seeded shuffles of the target set.
+
+    The target dataset yields ``(image (C, H, W), target)`` with ``target["boxes"]``
+    (xyxy pixels), images of one size, normalised as the pool is (``DataBundle.
+    detection_target`` of the shapes set is such a dataset).
+    """
+
+    def __init__(self, batch_size: int = 4, method: str = "target_loss", seed: int = 0) -> None:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.method = method
+        self.rng = np.random.default_rng([int(seed), world()[1]])
+        self._order = np.empty(0, dtype=np.int64)
+
+    def _next_indices(self) -> np.ndarray:
+        n = len(self.dataset)
+        while len(self._order) < min(self.batch_size, n):
+            self._order = np.concatenate([self._order, self.rng.permutation(n)])
+        take, self._order = self._order[: self.batch_size], self._order[self.batch_size:]
+        return take
+
+    def __call__(self, model: Any) -> Tensor:
+        self._check_bound()
+        items = [self.dataset[int(i)] for i in self._next_indices()]
+        shapes = {tuple(torch.as_tensor(it[0]).shape) for it in items}
+        if len(shapes) != 1:
+            raise ValueError(f"the detection target images must share one size to batch, got "
+                             f"{sorted(shapes)}; resize them first")
+        x = torch.stack([torch.as_tensor(it[0]) for it in items]).to(model.device)
+        boxes = [torch.as_tensor(it[1]["boxes"], dtype=torch.float32) for it in items]
+        return model.call(self.method, x, boxes).mean()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "order": self._order.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.rng.bit_generator.state = state["rng"]
+            self._order = np.asarray(state["order"], dtype=np.int64)

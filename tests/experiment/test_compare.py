@@ -1,0 +1,55 @@
+"""`compare`: the three variants per seed, matched counts, the table and its intervals."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from helpers import TINY
+from scipy import stats
+
+from betaweighter.cli import main
+from betaweighter.errors import ConfigError
+from betaweighter.experiment.compare import compare, confidence_interval
+from betaweighter.experiment.config import load_config
+from betaweighter.experiment.rundir import RunDir
+
+
+def test_confidence_interval_is_students_t():
+    mean, half = confidence_interval([1.0, 2.0, 4.0, float("nan")])
+    assert mean == pytest.approx(7 / 3)
+    assert half == pytest.approx(stats.t.ppf(0.975, 2) * np.std([1, 2, 4], ddof=1) / math.sqrt(3))
+    assert math.isnan(confidence_interval([3.0])[1])
+    assert math.isnan(confidence_interval([])[0])
+
+
+def test_compare_runs_every_variant_with_matched_counts(tmp_path, capsys):
+    cfg = load_config(overrides=TINY + ["train.epochs=2", "experiment.name=tiny"])
+    result = compare(cfg, seeds=[0, 1], out=tmp_path)
+    assert [r["variant"] for r in result.table] == ["rotnet", "bdw", "random"]
+    for variant in ("rotnet", "bdw", "random"):
+        assert [r["seed"] for r in result.runs[variant]] == [0, 1]
+    for bdw, rnd in zip(result.runs["bdw"], result.runs["random"]):
+        a, b = RunDir(bdw["run_dir"]).metrics(), RunDir(rnd["run_dir"]).metrics()
+        assert [r["decided"] for r in a] == [r["decided"] for r in b]  # epoch by epoch
+        assert sum(int(r["decided"]) for r in a) > 0
+        assert RunDir(rnd["run_dir"]).config().pruning.rule == "random"
+    baseline = result.runs["rotnet"]
+    assert all(RunDir(r["run_dir"]).config().weights.method == "rotnet" for r in baseline)
+    row = next(r for r in result.table if r["variant"] == "bdw")
+    accs = [r["summary"]["test_accuracy"] for r in result.runs["bdw"]]
+    assert row["test_accuracy"] == pytest.approx(confidence_interval(accs))
+    saved = json.loads((result.directory / "compare.json").read_text())
+    assert saved["seeds"] == [0, 1] and len(saved["table"]) == 3
+    assert (result.directory / "compare.png").is_file()
+    assert (result.directory / "compare.csv").read_text().startswith("variant,test_accuracy_")
+    assert "weights + pruning" not in result.format() and "bdw" in result.format()
+
+
+def test_compare_refuses_a_config_without_pruning(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="pruning.enabled=true"):
+        compare(load_config(overrides=TINY + ["pruning.enabled=false"]), out=tmp_path)
+    assert main(["compare", "demo", "--seeds", "0", "--out", str(tmp_path)]) == 2
+    assert "--seeds must be >= 1" in capsys.readouterr().err
