@@ -103,18 +103,24 @@ class InputConfig:
         self.mean = torch.as_tensor([float(v) for v in mean]).view(1, -1, 1, 1)
         self.std = torch.as_tensor([float(v) for v in std]).view(1, -1, 1, 1)
 
-    def normalise(self, x: Tensor) -> Tensor:
-        return (x.float() / 255.0 - self.mean) / self.std
+    def normalise(self, x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        x = x.to(dtype) / 255.0
+        return (x - self.mean.to(dtype)) / self.std.to(dtype)
 
 
 def input_config(model: nn.Module, image_size: int | None = None, resize: int | None = None,
                  mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> InputConfig:
     """Fill what is not given from the model's ``data_config`` (what it was trained on),
-    else ImageNet's 224 px and statistics; resize defaults to the paper's 256/224 ratio."""
+    else ImageNet's 224 px and statistics. The resize defaults to the paper's 256/224
+    ratio, rounded so that resize - crop is even: the centre crop is then centred exactly,
+    and a flip of the resized image is a flip of the crop."""
     trained = getattr(model, "data_config", None) or {}
     crop = int(image_size or trained.get("image_size") or 224)
-    return InputConfig(crop, int(resize or round(crop * PAPER_RATIO)),
+    if resize is None:
+        resize = round(crop * PAPER_RATIO)
+        resize += (resize - crop) % 2
+    return InputConfig(crop, int(resize),
                        mean if mean is not None else trained.get("mean", IMAGENET_MEAN),
                        std if std is not None else trained.get("std", IMAGENET_STD))
 
@@ -125,10 +131,12 @@ class _Embedder:
     def __init__(self, model: nn.Module, inputs: InputConfig, device: torch.device) -> None:
         self.model, self.inputs, self.device = model, inputs, device
         self.fn = model.features if callable(getattr(model, "features", None)) else model
+        params = [p for p in model.parameters() if p.is_floating_point()]
+        self.dtype = params[0].dtype if params else torch.float32
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> np.ndarray:
-        out = self.fn(self.inputs.normalise(x).to(self.device))
+        out = self.fn(self.inputs.normalise(x, self.dtype).to(self.device))
         return out.flatten(1).double().cpu().numpy()
 
 

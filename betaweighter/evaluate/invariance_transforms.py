@@ -12,9 +12,9 @@ Two protocols share the grids and differ where the original code has quirks:
 * ``"paper"`` keeps them, for comparison with published numbers: every transformation is
   applied to the image at its *original* size before the resize and centre crop, although
   translation and crop offsets are computed in pixels of the *resized* image; translation
-  and scale use ``shear=1`` (one degree, not zero); shear sweeps -160..140 degrees, so
-  +-90 (tan = infinity: a blank image) and angles past 90 (which repeat smaller shears)
-  are in the grid; rotation and affine maps use nearest-neighbour sampling (PIL's
+  and scale use ``shear=1`` (one degree, not zero); shear sweeps -160..140 degrees, and
+  past +-90 the tangent repeats, so -160 is the shear of 20 and the grid counts the
+  moderate shears several times; rotation and affine maps use nearest-neighbour sampling (PIL's
   default); the identity parameter stays in the grid and is averaged into the score;
   ``deform`` is albumentations' elastic transform of the time (alpha 1, the listed sigma,
   a 17x17 approximate blur, and its default random affine moving three points by up to
