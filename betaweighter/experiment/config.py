@@ -25,11 +25,13 @@ from typing import Any, Literal, Union
 import yaml
 
 from betaweighter.errors import ConfigError
+from betaweighter.pretext.augment import AUGMENTATIONS, PRESETS
 
 __all__ = ["METHODS", "Config", "ConfigError", "dump_config", "load_config", "parse_override"]
 
 METHODS = ("bdw", "dw", "l2rw", "nn", "weightnet", "heuristic", "random", "rotnet")
 PRETEXTS = ("rotation",)
+AUGMENT_PRESETS = tuple(PRESETS)
 
 
 def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
@@ -74,6 +76,11 @@ class ModelSection:
 @dataclass
 class PretextSection:
     name: Literal[PRETEXTS] = "rotation"  # type: ignore[valid-type]
+    # Augmentation of each pool image before the pretext task (betaweighter.pretext.augment):
+    # default (nothing added), spatial (crop + flip), appearance (colour + grayscale + blur),
+    # all, or a list of parts from crop, flip, colour, grayscale, blur.
+    augment: (Literal[AUGMENT_PRESETS]  # type: ignore[valid-type]
+              | list[Literal[AUGMENTATIONS]]) = "default"  # type: ignore[valid-type]
     # Keyword arguments of the pretext task's class (checked against its signature).
     options: dict = field(default_factory=dict)
 

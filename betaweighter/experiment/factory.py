@@ -17,14 +17,15 @@ from betaweighter.errors import ConfigError
 from betaweighter.experiment.config import Config
 from betaweighter.meta.weighter import MetaWeighter
 from betaweighter.models import build_model
+from betaweighter.pretext.augment import Augment
 from betaweighter.pretext.base import Pretext
 from betaweighter.pretext.rotation import RotationPretext
 from betaweighter.pruning import PruningScheduler
 from betaweighter.runtime import resolve_device, world
 from betaweighter.weights.base import InstanceWeights
 
-__all__ = ["PRETEXT_BUILDERS", "WEIGHT_CLASSES", "Components", "build", "build_weights",
-           "checked_kwargs"]
+__all__ = ["PRETEXT_BUILDERS", "WEIGHT_CLASSES", "Components", "build", "build_augment",
+           "build_weights", "checked_kwargs"]
 
 # config name -> name of the class exported by `betaweighter`
 WEIGHT_CLASSES = {
@@ -79,6 +80,15 @@ PRETEXT_BUILDERS: dict[str, Callable[[Config, dict[str, Any]],
                                      tuple[Pretext, dict[str, Any]]]] = {
     "rotation": _rotation,
 }
+
+
+def build_augment(cfg: Config, bundle: bwdata.DataBundle) -> Augment | None:
+    """The ``pretext.augment`` policy for the bundle's normalisation (None: nothing)."""
+    try:
+        augment = Augment(cfg.pretext.augment, bundle.mean, bundle.std)
+    except ValueError as e:
+        raise ConfigError(f"config key 'pretext.augment': {e}") from None
+    return augment if augment else None
 
 
 def build_weights(cfg: Config, num_instances: int) -> InstanceWeights:
@@ -159,6 +169,7 @@ class Components:
     pruner: PruningScheduler | None
     device: torch.device
     scaler: Any
+    augment: Augment | None = None  # applied to each pool batch before pretext.batch
 
     @property
     def backbone(self) -> nn.Module:
@@ -189,4 +200,4 @@ def build(cfg: Config, splits: Any = None) -> Components:
     meta = build_meta(cfg, model, weights, optimizer, bundle.target_train, scaler)
     pruner = build_pruner(cfg, weights, bundle.in_domain) if cfg.pruning.enabled else None
     return Components(bundle, pretext, model, model_config, optimizer, scheduler, weights, meta,
-                      pruner, device, scaler)
+                      pruner, device, scaler, build_augment(cfg, bundle))

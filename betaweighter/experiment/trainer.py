@@ -320,6 +320,8 @@ class Trainer:
     def _train_step(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[float, float | None]:
         c = self.c
         x = x.to(c.device, non_blocking=True)
+        if c.augment is not None:  # pretext.augment: per-image random augmentation
+            x = c.augment(x)
         b = c.pretext.batch(x)
         loss_fn = b.loss_fn
         if c.pruner is not None and c.pruner.soft:
