@@ -25,6 +25,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from betaweighter.errors import ConfigError
+from betaweighter.evaluate.invariance_transforms import PROTOCOLS, TRANSFORMS
 from betaweighter.pretext.augment import AUGMENTATIONS, PRESETS
 
 __all__ = ["METHODS", "Config", "ConfigError", "dump_config", "load_config", "parse_override"]
@@ -240,6 +241,37 @@ class DetectionTask:
 
 
 @dataclass
+class InvarianceData:
+    # Images measured: a folder (any tree of image files). null: the run's own test split
+    # (a checkpoint inside a run directory only).
+    images: str | None = field(default=None, metadata=PATH)
+    # Images for the feature mean and covariance; null: the measured images themselves.
+    reference: str | None = field(default=None, metadata=PATH)
+    # Optional multi-view folders (object/view.png, as COIL-100 or ALOI) for invariance to
+    # real changes of view or lighting.
+    views: str | None = field(default=None, metadata=PATH)
+
+
+@dataclass
+class InvarianceTask:
+    # Invariance to synthetic transformations (arXiv:2111.11398); `betaweighter invariance`.
+    data: InvarianceData = field(default_factory=InvarianceData)
+    protocol: Literal[PROTOCOLS] = "v2"  # type: ignore[valid-type]
+    transforms: list[Literal[TRANSFORMS]] | None = None  # type: ignore[valid-type]
+    k: int | None = field(default=None, metadata=_range(1))  # null: the paper's 256
+    num_images: int = field(default=1000, metadata=_range(1))
+    # auto (Ledoit-Wolf when the reference set is too small), none, ledoit_wolf, or [0, 1]
+    shrinkage: Literal["auto", "none", "ledoit_wolf"] | float = "auto"
+    batch_size: int = field(default=64, metadata=_range(1))
+    seed: int = field(default=0, metadata=_range(0))
+    # null: the checkpoint's training input; resize null = image_size x 256 / 224
+    image_size: int | None = field(default=None, metadata=_range(8))
+    resize: int | None = field(default=None, metadata=_range(8))
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+@dataclass
 class EvaluateSection:
     # The per-epoch model selection of a run: a linear probe on target_train -> target_val.
     every: int = field(default=1, metadata=_range(1))
@@ -253,6 +285,7 @@ class EvaluateSection:
     fewshot: FewshotTask = field(default_factory=FewshotTask)
     finetune: FinetuneTask = field(default_factory=FinetuneTask)
     detection: DetectionTask = field(default_factory=DetectionTask)
+    invariance: InvarianceTask = field(default_factory=InvarianceTask)
 
 
 @dataclass
@@ -534,6 +567,10 @@ def _check_consistency(cfg: Config) -> None:
     if sorted(cfg.train.milestones) != cfg.train.milestones:
         raise ConfigError(f"config key 'train.milestones': must be increasing, got "
                           f"{cfg.train.milestones}")
+    shrinkage = cfg.evaluate.invariance.shrinkage
+    if isinstance(shrinkage, float) and not 0 <= shrinkage <= 1:
+        raise ConfigError(f"config key 'evaluate.invariance.shrinkage': a number must be in "
+                          f"[0, 1], got {shrinkage}")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.train.device):
         raise ConfigError(f"config key 'train.device': unknown device {cfg.train.device!r}; "
                           "use auto, cpu, cuda or cuda:N")
