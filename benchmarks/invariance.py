@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from invariance_data import DATASETS, BenchData
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
@@ -40,7 +41,6 @@ import betaweighter as bw
 from betaweighter.evaluate import fuse, linear_probe, measure_invariance
 from betaweighter.experiment.invariance_plots import plot_invariance
 from betaweighter.models import conv_net
-from invariance_data import DATASETS, BenchData
 
 #: name -> (preset, method, width multiplier)
 MODELS = {

@@ -136,7 +136,7 @@ def _translation(k: int, g: Geometry, paper: bool) -> list[Param]:
 
 
 def _scale(k: int, g: Geometry, paper: bool) -> list[Param]:
-    return [_p(f"{s:g}", s, s == 1, scale=s) for s in _lin(1 / 4, 2, k)]
+    return [_p(f"{s:g}", s, abs(s - 1) < 1e-6, scale=s) for s in _lin(1 / 4, 2, k)]
 
 
 def _shear(k: int, g: Geometry, paper: bool) -> list[Param]:
@@ -160,7 +160,7 @@ def _resized_crop(k: int, g: Geometry, paper: bool) -> list[Param]:
 
 def _factor(lo: float, hi: float, neutral: float, key: str) -> Callable:
     def grid(k: int, g: Geometry, paper: bool) -> list[Param]:
-        return [_p(f"{v:g}", v, v == neutral, **{key: v}) for v in _lin(lo, hi, k)]
+        return [_p(f"{v:g}", v, abs(v - neutral) < 1e-6, **{key: v}) for v in _lin(lo, hi, k)]
     return grid
 
 

@@ -198,6 +198,7 @@ def test_grids_follow_the_papers_code():
     assert max(s[0] for s in shifts) == 14.0
     assert len(parameters("rotation", None, v2)) == 255  # the identity angle dropped
     assert len(parameters("h_flip", None, v2)) == 1
+    assert len(parameters("brightness", 20, v2)) == 19  # 0.25 + 3 * 0.25 is the identity
     assert len(parameters("translation", 16, paper)) == 16  # a 4 x 4 grid
     assert len(parameters("resized_crop", 16, paper)) == 16  # 2^4
     shears = [abs(s) for p in parameters("shear", None, paper) for s in p.get("shear")]
