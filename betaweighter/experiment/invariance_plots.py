@@ -68,7 +68,7 @@ def _curves(tables: Mapping[str, InvarianceTable], names: list[str]) -> Figure:
 
 
 def _bars(tables: Mapping[str, InvarianceTable], names: list[str]) -> Figure:
-    fig = Figure(figsize=(max(6.0, 0.55 * len(names) * max(1, len(tables)) + 2), 3.8))
+    fig = Figure(figsize=(min(16.0, 1.5 + len(names) * (0.25 + 0.12 * len(tables))), 4.0))
     ax = fig.subplots()
     width = 0.8 / len(tables)
     x = np.arange(len(names))

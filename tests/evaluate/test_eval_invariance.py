@@ -249,3 +249,28 @@ def test_table_summary_and_csv_round_trip(tmp_path):
     assert head == "transform,similarity,distance,params,images"
     levels, sims = table.curve("rotation")
     assert levels.tolist() == [90.0, 180.0, 270.0] and sims.tolist() == rot
+
+
+@pytest.mark.slow
+def test_a_rotation_model_is_not_invariant_to_rotation(tmp_path):
+    # Rotation prediction needs features that change with the orientation: after one epoch
+    # on the demo pool, rotation must score well below translation and blur.
+    import betaweighter as bw
+
+    torch.manual_seed(0)
+    bundle = bw.data.demo(tmp_path)
+    backbone = conv_net(width=16, blocks=4)
+    pretext = bw.RotationPretext(backbone)
+    opt = torch.optim.SGD(pretext.parameters(), lr=0.05, momentum=0.9)
+    loader = torch.utils.data.DataLoader(bundle.pool, batch_size=64, shuffle=True)
+    for x, _ in loader:
+        b = pretext.batch(x)
+        b.loss_fn(pretext(b.inputs)).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    images = to_uint8(bundle.pool.dataset.images[:400], bundle.mean, bundle.std)
+    table = measure_invariance(backbone.eval(), images, ["rotation", "translation", "blur"],
+                               k=8, num_images=200, image_size=32, mean=bundle.mean,
+                               std=bundle.std)
+    assert table.similarity("rotation") < table.similarity("translation") - 0.2
+    assert table.similarity("rotation") < table.similarity("blur") - 0.2
