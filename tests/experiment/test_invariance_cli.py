@@ -25,15 +25,38 @@ INVARIANCE_FILES = ["invariance.csv", "invariance_summary.csv", "invariance_curv
                     "invariance_bar.png", "eval_invariance.json"]
 
 
+AUGMENTED = ["pretext.augment=appearance", "pruning.enabled=false"]
+
+
 @pytest.fixture(scope="module")
 def augmented_run(tmp_path_factory):
     """A tiny demo run pre-trained with the appearance preset."""
     out = tmp_path_factory.mktemp("runs")
-    cfg = load_config(overrides=TINY + [f"experiment.output_root={out}",
-                                        "pretext.augment=appearance", "pruning.enabled=false"])
+    cfg = load_config(overrides=TINY + [f"experiment.output_root={out}", *AUGMENTED])
     with Trainer.start(cfg) as trainer:
         trainer.run()
     return trainer.run_dir
+
+
+def _metrics(run):
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    return [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]
+
+
+def test_an_augmented_run_resumes_exactly(augmented_run, tmp_path):
+    cfg = load_config(overrides=TINY + [f"experiment.output_root={tmp_path}", *AUGMENTED])
+    with Trainer.start(cfg) as trainer:
+        assert trainer.run(stop_after=1) is None  # "killed" after epoch 1
+        other = trainer.run_dir
+    with Trainer.resume(other) as trainer:
+        trainer.run()
+    assert _metrics(other) == _metrics(augmented_run)
+    plain = load_config(overrides=TINY + [f"experiment.output_root={tmp_path}",
+                                          "pruning.enabled=false"])
+    with Trainer.start(plain) as trainer:
+        trainer.run(stop_after=1)
+        first = _metrics(trainer.run_dir)[0]
+    assert first["train_loss"] != _metrics(augmented_run)[0]["train_loss"]  # it did augment
 
 
 def _checkpoint(path, seed, size=16, mean=0.5):
