@@ -22,6 +22,9 @@ EPILOG = """examples:
   betaweighter plot runs/stl10-bdw
   betaweighter weights runs/stl10-bdw > weights.csv
   betaweighter evaluate runs/stl10-bdw my_fewshot.yaml --task fewshot
+  betaweighter evaluate runs/spatial runs/appearance --task linear linear.yaml   # fused
+  betaweighter invariance runs/demo-bdw
+  betaweighter invariance runs/stl10-bdw invariance.yaml --set evaluate.invariance.k=16
   torchrun --standalone --nproc_per_node 2 -m betaweighter run demo
 """
 
@@ -74,15 +77,31 @@ def _parser() -> argparse.ArgumentParser:
     weights.add_argument("run_dir")
     weights.add_argument("-o", "--output", help="file to write (default: standard output)")
 
-    ev = sub.add_parser("evaluate", help="transfer evaluation of a checkpoint or run")
-    ev.add_argument("checkpoint", help="a checkpoint file or a run directory")
-    ev.add_argument("config", nargs="?", help="YAML config with an evaluate.<task> section")
+    ev = sub.add_parser("evaluate", help="transfer evaluation of a checkpoint or run, or of "
+                                         "the fusion of several")
+    ev.add_argument("paths", nargs="+", metavar="CHECKPOINT [CONFIG]",
+                    help="a checkpoint file or a run directory (several: their features are "
+                         "fused, see --fuse-mode), then optionally a YAML config with an "
+                         "evaluate.<task> section")
     ev.add_argument("--task", required=True, choices=["linear", "fewshot", "finetune",
-                                                       "detection"])
+                                                       "detection", "invariance"])
+    ev.add_argument("--fuse-mode", choices=["cat", "add", "mean"], default="cat",
+                    help="how several checkpoints' features are combined (default: cat)")
     ev.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="KEY=VALUE", help="override a config key, e.g. "
                                               "--set evaluate.fewshot.way=10")
     ev.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: GPU if present)")
+
+    inv = sub.add_parser("invariance", help="how invariant a checkpoint's features are to "
+                                            "synthetic transformations (invariance.csv and "
+                                            "plots beside the checkpoint)")
+    inv.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    inv.add_argument("config", nargs="?", help="YAML config with an evaluate.invariance "
+                                               "section (default: the run's own test split)")
+    inv.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="override a config key, e.g. "
+                                               "--set evaluate.invariance.protocol=paper")
+    inv.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: GPU if present)")
     return p
 
 
@@ -91,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # `evaluate RUN --task linear CONFIG`: argparse does not take a positional after an
     # option once the positionals before it were consumed.
-    if (args.command == "evaluate" and args.config is None and len(extra) == 1
+    if args.command == "evaluate":
+        args.paths += [e for e in extra if not e.startswith("-")]
+        extra = [e for e in extra if e.startswith("-")]
+        args.config = args.paths.pop() if len(args.paths) > 1 and _is_config(
+            args.paths[-1]) else None
+    elif (args.command == "invariance" and args.config is None and len(extra) == 1
             and not extra[0].startswith("-")):
         args.config, extra = extra[0], []
     if extra:
@@ -118,6 +142,22 @@ def main(argv: list[str] | None = None) -> int:
             import torch.distributed
 
             torch.distributed.destroy_process_group()
+
+
+def _is_config(path: str) -> bool:
+    """A YAML/JSON file, a file that is not a torch archive, or a shipped config's name
+    (anything else is taken for a checkpoint or a run directory)."""
+    import zipfile
+
+    from betaweighter.experiment.shipped import shipped_configs
+
+    p = Path(path).expanduser()
+    if p.suffix.lower() in (".yaml", ".yml", ".json"):
+        return True
+    if p.exists():
+        return p.is_file() and not zipfile.is_zipfile(p)
+    name = path[:-5] if path.endswith(".yaml") else path
+    return name in {n for n, _ in shipped_configs()}
 
 
 def _one_line(error: BaseException) -> str:
@@ -249,15 +289,41 @@ def _evaluate(args: argparse.Namespace) -> int:
     from betaweighter.experiment.evaluation import evaluate_checkpoint, result_path
     from betaweighter.experiment.shipped import config_file
 
+    checkpoints = args.paths if len(args.paths) > 1 else args.paths[0]
     if args.config:
         with config_file(args.config) as path:
-            payload = evaluate_checkpoint(args.checkpoint, args.task, path, args.overrides,
+            payload = evaluate_checkpoint(checkpoints, args.task, path, args.overrides,
+                                          device=args.device, fuse_mode=args.fuse_mode)
+    else:
+        payload = evaluate_checkpoint(checkpoints, args.task, None, args.overrides,
+                                      device=args.device, fuse_mode=args.fuse_mode)
+    print(json.dumps(payload["result"], indent=2, default=float))
+    print(f"written to {result_path(checkpoints, args.task, args.fuse_mode)}",
+          file=sys.stderr)
+    return 0
+
+
+def _invariance(args: argparse.Namespace) -> int:
+    from betaweighter.evaluate.invariance_table import InvarianceTable
+    from betaweighter.experiment.evaluation import evaluate_checkpoint
+    from betaweighter.experiment.shipped import config_file
+
+    if args.config:
+        with config_file(args.config) as path:
+            payload = evaluate_checkpoint(args.checkpoint, "invariance", path, args.overrides,
                                           device=args.device)
     else:
-        payload = evaluate_checkpoint(args.checkpoint, args.task, None, args.overrides,
+        payload = evaluate_checkpoint(args.checkpoint, "invariance", None, args.overrides,
                                       device=args.device)
-    print(json.dumps(payload["result"], indent=2, default=float))
-    print(f"written to {result_path(args.checkpoint, args.task)}", file=sys.stderr)
+    result = payload["result"]
+    table = InvarianceTable.read_csv(result["files"]["table"], result["protocol"])
+    print(table.format())
+    if result.get("views"):
+        views = result["views"]
+        print(f"{'views':<14}{views['similarity']:>12.3f}{views['distance']:>12.2f}"
+              f"{views['params']:>8d}")
+    for path in result["files"].values():
+        print(f"written {path}", file=sys.stderr)
     return 0
 
 
@@ -282,7 +348,8 @@ def format_summary(summary: dict, run_dir: Path) -> str:
 
 
 COMMANDS = {"run": _run, "demo": _demo, "compare": _compare, "configs": _configs, "plot": _plot,
-            "weights": _weights, "evaluate": _evaluate}
+            "weights": _weights, "evaluate": _evaluate,
+            "invariance": _invariance}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -107,6 +107,23 @@ def write_image_folder(root: Path, per_class: dict[str, int], size: int = 16,
     return root
 
 
+def write_view_groups(root: Path, views: dict[str, int], size: int = 24, seed: int = 0,
+                      same: bool = False) -> Path:
+    """Multi-view object folders as COIL-100 / ALOI are laid out (``object/view.png``): each
+    object is a random blob pattern photographed on a turntable, one PNG per 360/k degrees
+    of rotation (or, with `same`, k identical copies)."""
+    rng = np.random.default_rng(seed)
+    for name, count in views.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        pattern = Image.fromarray(rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8))
+        pattern = pattern.resize((size, size), Image.BILINEAR)
+        for v in range(count):
+            angle = 0 if same else 360 * v // count
+            pattern.rotate(angle, resample=Image.BILINEAR).save(folder / f"view_{v:03d}.png")
+    return root
+
+
 def write_checkpoint(path: Path, model_config: dict, seed: int = 0) -> Path:
     """A checkpoint as the experiment runner writes it (random weights)."""
     torch.manual_seed(seed)

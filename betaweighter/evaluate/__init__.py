@@ -8,6 +8,11 @@ calibration (`linear_probe`), few-shot episodes (`evaluate_fewshot`), fine-tunin
 from an RPN pre-training checkpoint with `load_detector_init`; label-scarce and few-shot
 protocols in `evaluate_label_scarce` and `evaluate_few_shot_detection`). The
 command ``betaweighter evaluate`` runs them on a checkpoint from a config.
+
+What the features became, after "Why Do Self-Supervised Models Transfer?" (Ericsson,
+Gouk and Hospedales, arXiv:2111.11398): invariance to synthetic transformations
+(`measure_invariance`) and to real changes of view (`measure_view_invariance`), and
+fused backbones that combine models with complementary invariances (`fuse`).
 """
 
 from betaweighter.evaluate.calibration import (
@@ -30,6 +35,10 @@ from betaweighter.evaluate.detection_protocols import (
 from betaweighter.evaluate.features import extract_features
 from betaweighter.evaluate.fewshot import Episodes, evaluate_fewshot, fit_fewshot, make_episodes
 from betaweighter.evaluate.finetune import evaluate_finetune
+from betaweighter.evaluate.fusion import FUSION_MODES, FusedBackbone, fuse
+from betaweighter.evaluate.invariance import measure_invariance, reference_stats, to_uint8
+from betaweighter.evaluate.invariance_table import InvarianceTable
+from betaweighter.evaluate.invariance_transforms import TRANSFORMS
 from betaweighter.evaluate.linear import fit_linear_probe, linear_probe, select_c
 from betaweighter.evaluate.metrics import (
     METRICS,
@@ -38,10 +47,17 @@ from betaweighter.evaluate.metrics import (
     mean_per_class_accuracy,
     voc07_ap11,
 )
+from betaweighter.evaluate.view_invariance import measure_view_invariance, read_view_groups
+from betaweighter.evaluate.whitening import FeatureStats
 
 __all__ = [
+    "FUSION_MODES",
     "METRICS",
+    "TRANSFORMS",
     "Episodes",
+    "FeatureStats",
+    "FusedBackbone",
+    "InvarianceTable",
     "accuracy",
     "build_faster_rcnn",
     "calibration_report",
@@ -57,13 +73,19 @@ __all__ = [
     "fit_fewshot",
     "fit_linear_probe",
     "fit_temperature",
+    "fuse",
     "label_subsets",
     "linear_probe",
     "load_detector_init",
     "make_episodes",
     "mean_confidence_interval",
     "mean_per_class_accuracy",
+    "measure_invariance",
+    "measure_view_invariance",
+    "read_view_groups",
+    "reference_stats",
     "select_c",
+    "to_uint8",
     "voc07_ap11",
     "voc07_detection_ap",
 ]

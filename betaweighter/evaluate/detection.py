@@ -38,6 +38,7 @@ from betaweighter.data.loaders import forever
 from betaweighter.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from betaweighter.errors import CheckpointError
 from betaweighter.evaluate.detection_metrics import coco_box_metrics, voc07_detection_ap
+from betaweighter.evaluate.fusion import FusedBackbone
 from betaweighter.pretext.rpn import ANCHOR_SIZES, ASPECT_RATIOS
 from betaweighter.runtime import progress_disabled, resolve_device
 
@@ -53,7 +54,15 @@ DETECTOR_PARTS = ("backbone.body", "backbone.fpn", "rpn.head", "roi_heads.box_he
 
 
 def resnet_trunk(backbone: nn.Module) -> torchvision.models.ResNet:
-    """The torchvision ResNet inside a `Backbone` (its ``encoder``), or `backbone` itself."""
+    """The torchvision ResNet inside a `Backbone` (its ``encoder``), or `backbone` itself.
+    A `FusedBackbone` is refused: it has one trunk per member, and a feature pyramid is
+    built from the stages of a single trunk."""
+    if isinstance(backbone, FusedBackbone):
+        raise TypeError(
+            f"detection transfer cannot use a fused backbone ({len(backbone.members)} "
+            "members): Faster R-CNN builds its feature pyramid from the stages of one "
+            "ResNet trunk, and fused features exist only after each member's global pool. "
+            "Evaluate detection on each member's checkpoint instead")
     trunk = getattr(backbone, "encoder", backbone)
     if not isinstance(trunk, torchvision.models.ResNet):
         raise TypeError(

@@ -26,6 +26,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from tqdm.auto import tqdm
 
 from betaweighter.data.loaders import forever
+from betaweighter.evaluate.fusion import FusedBackbone
 from betaweighter.evaluate.metrics import METRICS, accuracy, mean_per_class_accuracy
 from betaweighter.runtime import module_device, progress_disabled, resolve_device
 
@@ -120,6 +121,12 @@ def evaluate_finetune(model: nn.Module, train_set: Any, val_set: Any, test_set: 
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+    if isinstance(model, FusedBackbone) and not model.trainable:
+        raise TypeError(
+            "fine-tuning a fused backbone is off: the fusion of arXiv:2111.11398 combines "
+            "frozen features, and this one is frozen (only a new head would train). Use the "
+            "linear or few-shot evaluators, or build it with fuse(..., trainable=True) to "
+            "fine-tune all members jointly")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     common = dict(num_classes=num_classes, steps=steps, optimizer=optimizer,

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from betaweighter.evaluate.calibration import calibration_report
 from betaweighter.evaluate.features import extract_features
+from betaweighter.evaluate.fusion import FusedBackbone
 from betaweighter.evaluate.metrics import METRICS, accuracy, mean_per_class_accuracy
 from betaweighter.runtime import progress_disabled
 
@@ -36,10 +37,14 @@ __all__ = ["default_c_grid", "fit_linear_probe", "linear_probe", "select_c"]
 Split = tuple[np.ndarray, np.ndarray]
 
 
-def default_c_grid(num: int = 45, min_wd: float = 1e-6, max_wd: float = 1e5) -> np.ndarray:
+def default_c_grid(num: int = 45, min_wd: float = 1e-6, max_wd: float = 1e5,
+                   shift: int = 0) -> np.ndarray:
     """The paper's grid of C = 1/wd, wd log-spaced from `min_wd` to `max_wd`, so C runs
-    from 1e6 down to 1e-5 (weak to strong regularisation)."""
-    return 1.0 / np.logspace(np.log10(min_wd), np.log10(max_wd), num)
+    from 1e6 down to 1e-5 (weak to strong regularisation). `shift` c moves both ends by
+    a factor 100^c, as Ericsson et al. (arXiv:2111.11398) do for the fusion of c + 1
+    models: wd from 1e(-6 + 2c) to 1e(5 + 2c)."""
+    factor = 100.0 ** shift
+    return 1.0 / np.logspace(np.log10(min_wd * factor), np.log10(max_wd * factor), num)
 
 
 def fit_linear_probe(train: Split, val: Split, test: Split, *,
@@ -125,7 +130,11 @@ def linear_probe(model: Any, train_set: Any, val_set: Any, test_set: Any, *,
                  batch_size: int = 64, num_workers: int = 0, device: Any = None,
                  cache_dir: Any = None, **probe_options: Any) -> dict[str, Any]:
     """Extract frozen ``model.features`` of the three datasets (each yielding (image,
-    label)) once, then run `fit_linear_probe` on them with `probe_options`."""
+    label)) once, then run `fit_linear_probe` on them with `probe_options`. A
+    `FusedBackbone` of n members gets the paper's grid shifted by n - 1 (`default_c_grid`)
+    unless `c_values` is given."""
+    if isinstance(model, FusedBackbone) and probe_options.get("c_values") is None:
+        probe_options["c_values"] = default_c_grid(shift=model.grid_shift)
     splits = [extract_features(model, ds, batch_size=batch_size, num_workers=num_workers,
                                device=device, cache_dir=cache_dir, name=name)
               for ds, name in ((train_set, "train"), (val_set, "val"), (test_set, "test"))]

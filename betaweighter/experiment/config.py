@@ -29,14 +29,17 @@ from betaweighter.experiment.tasks import (
     DetectionTask,
     FewshotTask,
     FinetuneTask,
+    InvarianceTask,
     LinearTask,
     span,
 )
+from betaweighter.pretext.augment import AUGMENTATIONS, PRESETS
 
 __all__ = ["METHODS", "Config", "ConfigError", "dump_config", "load_config", "parse_override"]
 
 METHODS = ("bdw", "dw", "l2rw", "nn", "weightnet", "heuristic", "random", "rotnet")
 PRETEXTS = ("rotation", "rpn", "simclr", "moco", "byol", "simsiam")
+AUGMENT_PRESETS = tuple(PRESETS)
 
 
 _range = span
@@ -78,6 +81,11 @@ class ModelSection:
 @dataclass
 class PretextSection:
     name: Literal[PRETEXTS] = "rotation"  # type: ignore[valid-type]
+    # Augmentation of each pool image before the pretext task (betaweighter.pretext.augment):
+    # default (nothing added), spatial (crop + flip), appearance (colour + grayscale + blur),
+    # all, or a list of parts from crop, flip, colour, grayscale, blur.
+    augment: (Literal[AUGMENT_PRESETS]  # type: ignore[valid-type]
+              | list[Literal[AUGMENTATIONS]]) = "default"  # type: ignore[valid-type]
     # Keyword arguments of the pretext task's class (checked against its signature).
     options: dict = field(default_factory=dict)
     # A checkpoint (or run directory) whose backbone the task starts from, e.g. a
@@ -171,6 +179,7 @@ class EvaluateSection:
     fewshot: FewshotTask = field(default_factory=FewshotTask)
     finetune: FinetuneTask = field(default_factory=FinetuneTask)
     detection: DetectionTask = field(default_factory=DetectionTask)
+    invariance: InvarianceTask = field(default_factory=InvarianceTask)
 
 
 @dataclass
@@ -321,6 +330,10 @@ def _check_consistency(cfg: Config) -> None:
     if sorted(cfg.train.milestones) != cfg.train.milestones:
         raise ConfigError(f"config key 'train.milestones': must be increasing, got "
                           f"{cfg.train.milestones}")
+    shrinkage = cfg.evaluate.invariance.shrinkage
+    if isinstance(shrinkage, float) and not 0 <= shrinkage <= 1:
+        raise ConfigError(f"config key 'evaluate.invariance.shrinkage': a number must be in "
+                          f"[0, 1], got {shrinkage}")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.train.device):
         raise ConfigError(f"config key 'train.device': unknown device {cfg.train.device!r}; "
                           "use auto, cpu, cuda or cuda:N")

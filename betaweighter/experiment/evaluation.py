@@ -1,5 +1,6 @@
-"""``betaweighter evaluate``: one transfer task on one checkpoint, configured by the
-``evaluate.<task>`` section of the config schema, the result written beside the checkpoint.
+"""``betaweighter evaluate``: one transfer task on one checkpoint, or on the fusion of
+several (arXiv:2111.11398), configured by the ``evaluate.<task>`` section of the config
+schema, the result written beside the (first) checkpoint.
 
 The image size and normalisation default to what the checkpoint was pre-trained with (its
 ``data_config``), so a backbone trained on 84 px STL-10 crops is evaluated on 84 px inputs
@@ -10,7 +11,10 @@ config file are relative to that file.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,54 +37,107 @@ from betaweighter.evaluate.detection_protocols import (
 from betaweighter.evaluate.features import extract_features
 from betaweighter.evaluate.fewshot import Episodes, fit_fewshot, make_episodes
 from betaweighter.evaluate.finetune import evaluate_finetune
+from betaweighter.evaluate.fusion import FUSION_MODES, FusedBackbone
 from betaweighter.evaluate.linear import linear_probe
 from betaweighter.experiment.config import Config, load_config
+from betaweighter.experiment.invariance import run_invariance
 from betaweighter.io import write_json
 from betaweighter.models import Backbone, load_backbone
 from betaweighter.pretext.rpn import ANCHOR_SIZES, ASPECT_RATIOS
 from betaweighter.runtime import resolve_device
 
-__all__ = ["TASKS", "evaluate_checkpoint", "result_path"]
+__all__ = ["TASKS", "evaluate_checkpoint", "fusion_suffix", "result_path"]
 
-TASKS = ("linear", "fewshot", "finetune", "detection")
+TASKS = ("linear", "fewshot", "finetune", "detection", "invariance")
+Checkpoints = str | os.PathLike | Sequence[str | os.PathLike]
 DEFAULT_IMAGE_SIZE = 224
 
 
-def result_path(checkpoint: str | Path, task: str) -> Path:
-    """Where `evaluate_checkpoint` writes the result of `task` for this checkpoint or run."""
-    return resolve_checkpoint(checkpoint).parent / f"eval_{task}.json"
+def _resolve(paths: Checkpoints) -> list[Path]:
+    many = not isinstance(paths, (str, os.PathLike))
+    found = [resolve_checkpoint(p) for p in (paths if many else [paths])]
+    if not found:
+        raise ConfigError("no checkpoint given: pass a checkpoint file or a run directory")
+    return found
 
 
-def evaluate_checkpoint(path_or_run_dir: str | Path, task: str,
+def fusion_suffix(checkpoints: Sequence[Path], mode: str = "cat") -> str:
+    """``""`` for one checkpoint; ``"_fused-<digest>"`` naming a fusion of several (the
+    digest covers the resolved member paths, in order, and the mode)."""
+    if len(checkpoints) == 1:
+        return ""
+    key = "\n".join([mode, *(str(Path(c).resolve()) for c in checkpoints)])
+    return "_fused-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def result_path(checkpoint: Checkpoints, task: str, fuse_mode: str = "cat") -> Path:
+    """Where `evaluate_checkpoint` writes the result of `task` for this checkpoint or run
+    (or, for several, their fusion: beside the first)."""
+    found = _resolve(checkpoint)
+    return found[0].parent / f"eval_{task}{fusion_suffix(found, fuse_mode)}.json"
+
+
+def evaluate_checkpoint(path_or_run_dir: Checkpoints, task: str,
                         config: str | Path | Config | None = None,
                         overrides: list[str] | None = None,
-                        device: str | torch.device | None = None) -> dict[str, Any]:
+                        device: str | torch.device | None = None,
+                        fuse_mode: str = "cat") -> dict[str, Any]:
     """Run transfer task `task` on the backbone of a checkpoint (a run directory means its
     ``best.pt``, else ``last.pt``) and write ``eval_<task>.json`` beside it. Returns the
     payload: ``task``, ``checkpoint``, ``result``, the resolved task ``config``,
-    ``device``, ``seconds`` and library ``versions``."""
+    ``device``, ``seconds`` and library ``versions``.
+
+    A list of several checkpoints is evaluated as their `FusedBackbone` (`fuse_mode`
+    cat, add or mean); the payload then lists ``checkpoints`` and ``fusion_mode``, and
+    goes to ``eval_<task>_fused-<digest>.json`` beside the first one. Detection refuses a
+    fusion, and so does fine-tuning (the paper fuses frozen features only).
+    """
     if task not in TASKS:
         raise ConfigError(f"unknown evaluation task {task!r}; choose one of {TASKS}")
+    if fuse_mode not in FUSION_MODES:
+        raise ConfigError(f"unknown fusion mode {fuse_mode!r}; choose one of {FUSION_MODES}")
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     options = dataclasses.asdict(getattr(cfg.evaluate, task))
+    checkpoints = _resolve(path_or_run_dir)
+    suffix = fusion_suffix(checkpoints, fuse_mode)
+    if suffix and task in ("detection", "finetune"):
+        raise ConfigError(_REFUSED[task])
     _check_data(task, options["data"])
-    checkpoint = resolve_checkpoint(path_or_run_dir)
     device = resolve_device(device, key="--device")
     start = time.perf_counter()
-    model = load_backbone(checkpoint, device)
+    members = [load_backbone(c, device) for c in checkpoints]
+    model = members[0] if len(members) == 1 else FusedBackbone(members, fuse_mode)
     _fill_input_defaults(options, model.data_config)
-    if task == "detection":
-        options["checkpoint"] = checkpoint
-    result = _TASKS[task](model, options, checkpoint.parent, device)
-    options.pop("checkpoint", None)
+    folder = checkpoints[0].parent
+    if task == "invariance":
+        result = run_invariance(model, options, folder, device, checkpoints[0], suffix)
+    else:
+        if task == "detection":
+            options["checkpoint"] = checkpoints[0]  # init: rpn reads the FPN and RPN from it
+        result = _TASKS[task](model, options, folder, device)
+        options.pop("checkpoint", None)
     payload = {
-        "task": task, "checkpoint": str(checkpoint), "result": result, "config": options,
+        "task": task, "checkpoint": str(checkpoints[0]), "result": result, "config": options,
         "device": str(device), "seconds": time.perf_counter() - start,
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                      "scikit-learn": sklearn.__version__, "numpy": np.__version__},
     }
-    write_json(checkpoint.parent / f"eval_{task}.json", payload)
+    if suffix:
+        payload.update(checkpoints=[str(c) for c in checkpoints], fusion_mode=fuse_mode,
+                       feature_dim=model.feature_dim)
+    write_json(folder / f"eval_{task}{suffix}.json", payload)
     return payload
+
+
+_REFUSED = {
+    "detection": "--task detection cannot evaluate a fusion of checkpoints: Faster R-CNN "
+                 "builds its feature pyramid from the stages of one ResNet trunk, and fused "
+                 "features exist only after each member's global pool. Evaluate detection "
+                 "on each checkpoint separately",
+    "finetune": "--task finetune does not fine-tune a fusion of checkpoints: the fusion of "
+                "arXiv:2111.11398 combines frozen features. Use --task linear or fewshot, "
+                "or fine-tune each checkpoint separately",
+}
 
 
 def _fill_input_defaults(options: dict[str, Any], data_config: dict[str, Any] | None) -> None:
@@ -107,6 +164,8 @@ def _check_data(task: str, data: dict[str, Any]) -> None:
             sources = data[split] if isinstance(data[split], list) else [data[split]]
             for source in sources:
                 _check_source(source, f"{key}.{split}")
+        return
+    if task == "invariance":
         return
     needed = ("train", "test") if task != "fewshot" else ()
     for split in needed:

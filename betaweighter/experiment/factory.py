@@ -18,6 +18,7 @@ from betaweighter.experiment.config import Config
 from betaweighter.meta.distributed import unwrap as dist_unwrap
 from betaweighter.meta.weighter import MetaWeighter
 from betaweighter.models import build_model, load_backbone
+from betaweighter.pretext.augment import Augment
 from betaweighter.pretext.base import Pretext
 from betaweighter.pretext.byol import BYOLPretext, SimSiamPretext
 from betaweighter.pretext.moco import MoCoPretext
@@ -30,8 +31,8 @@ from betaweighter.pruning import PruningScheduler
 from betaweighter.runtime import resolve_device, world
 from betaweighter.weights.base import InstanceWeights
 
-__all__ = ["PRETEXT_BUILDERS", "WEIGHT_CLASSES", "Components", "build", "build_weights",
-           "checked_kwargs"]
+__all__ = ["PRETEXT_BUILDERS", "WEIGHT_CLASSES", "Components", "build", "build_augment",
+           "build_weights", "checked_kwargs"]
 
 # config name -> name of the class exported by `betaweighter`
 WEIGHT_CLASSES = {
@@ -143,6 +144,27 @@ PRETEXT_BUILDERS: dict[str, Callable[[Config, dict[str, Any]],
 }
 
 
+TWO_VIEW = ("simclr", "moco", "byol", "simsiam")
+
+
+def build_augment(cfg: Config, bundle: bwdata.DataBundle) -> Augment | None:
+    """The ``pretext.augment`` policy for the bundle's normalisation (None: nothing).
+
+    Two-view pretexts draw their own views (``pretext.options.augment``), so a preset on
+    top of them is refused rather than silently stacked."""
+    if cfg.pretext.name in TWO_VIEW and cfg.pretext.augment != "default":
+        raise ConfigError(
+            f"config key 'pretext.augment': {cfg.pretext.name} augments its two views "
+            "itself; choose their invariances with pretext.options.augment instead (spatial "
+            "only: {jitter_prob: 0, grayscale_prob: 0, blur_prob: 0}; appearance only: "
+            "{min_scale: 1.0, flip_prob: 0}) and leave pretext.augment at default")
+    try:
+        augment = Augment(cfg.pretext.augment, bundle.mean, bundle.std)
+    except ValueError as e:
+        raise ConfigError(f"config key 'pretext.augment': {e}") from None
+    return augment if augment else None
+
+
 def build_weights(cfg: Config, num_instances: int) -> InstanceWeights:
     cls = getattr(bw, WEIGHT_CLASSES[cfg.weights.method])
     kw = checked_kwargs(cls, cfg.weights.options, "weights.options", ("num_instances",))
@@ -247,6 +269,7 @@ class Components:
     pruner: PruningScheduler | None
     device: torch.device
     scaler: Any
+    augment: Augment | None = None  # applied to each pool batch before pretext.batch
 
     @property
     def backbone(self) -> nn.Module:
@@ -282,4 +305,4 @@ def build(cfg: Config, splits: Any = None) -> Components:
     meta = build_meta(cfg, model, weights, optimizer, target, scaler)
     pruner = build_pruner(cfg, weights, bundle.in_domain) if cfg.pruning.enabled else None
     return Components(bundle, pretext, model, model_config, optimizer, scheduler, weights, meta,
-                      pruner, device, scaler)
+                      pruner, device, scaler, build_augment(cfg, bundle))

@@ -1,5 +1,6 @@
 """The ``evaluate.<task>`` sections of the config schema: what `betaweighter evaluate`
-runs on a checkpoint (linear probe, few-shot, fine-tuning, detection).
+runs on a checkpoint (linear probe, few-shot, fine-tuning, detection) and what
+`betaweighter invariance` measures.
 
 Image size and normalisation default to null, which means "what the checkpoint was
 pre-trained with" (its ``data_config``); paths are resolved like every path of a config.
@@ -10,8 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from betaweighter.evaluate.invariance_transforms import PROTOCOLS, TRANSFORMS
+
 __all__ = ["PATH", "ClassificationData", "DetectionData", "DetectionTask", "FewShotDetection",
-           "FewshotTask", "FinetuneTask", "LinearTask", "span"]
+           "FewshotTask", "FinetuneTask", "InvarianceData", "InvarianceTask", "LinearTask",
+           "span"]
 
 
 def span(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
@@ -137,3 +141,34 @@ class DetectionTask:
     score_threshold: float = field(default=0.05, metadata=_range(0, 1))
     detections_per_image: int = field(default=100, metadata=_range(1))
     hflip: bool = True
+
+
+@dataclass
+class InvarianceData:
+    # Images measured: a folder (any tree of image files). null: the run's own test split
+    # (a checkpoint inside a run directory only).
+    images: str | None = field(default=None, metadata=PATH)
+    # Images for the feature mean and covariance; null: the measured images themselves.
+    reference: str | None = field(default=None, metadata=PATH)
+    # Optional multi-view folders (object/view.png, as COIL-100 or ALOI) for invariance to
+    # real changes of view or lighting.
+    views: str | None = field(default=None, metadata=PATH)
+
+
+@dataclass
+class InvarianceTask:
+    # Invariance to synthetic transformations (arXiv:2111.11398); `betaweighter invariance`.
+    data: InvarianceData = field(default_factory=InvarianceData)
+    protocol: Literal[PROTOCOLS] = "v2"  # type: ignore[valid-type]
+    transforms: list[Literal[TRANSFORMS]] | None = None  # type: ignore[valid-type]
+    k: int | None = field(default=None, metadata=_range(1))  # null: the paper's 256
+    num_images: int = field(default=1000, metadata=_range(1))
+    # auto (Ledoit-Wolf when the reference set is too small), none, ledoit_wolf, or [0, 1]
+    shrinkage: Literal["auto", "none", "ledoit_wolf"] | float = "auto"
+    batch_size: int = field(default=64, metadata=_range(1))
+    seed: int = field(default=0, metadata=_range(0))
+    # null: the checkpoint's training input; resize null = image_size x 256 / 224
+    image_size: int | None = field(default=None, metadata=_range(8))
+    resize: int | None = field(default=None, metadata=_range(8))
+    mean: list[float] | None = None
+    std: list[float] | None = None

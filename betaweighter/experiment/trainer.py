@@ -327,6 +327,8 @@ class Trainer:
                     padding: torch.Tensor) -> tuple[float, float | None]:
         c = self.c
         x = x.to(c.device, non_blocking=True)
+        if c.augment is not None:  # pretext.augment: per-image random augmentation
+            x = c.augment(x)
         b = c.pretext.batch(x)
         loss_fn = b.loss_fn
         scale = None

@@ -1,5 +1,7 @@
-"""Self-supervised pretext tasks, expressed as per-sample losses."""
+"""Self-supervised pretext tasks, expressed as per-sample losses, and the augmentation
+presets applied to pool images before them."""
 
+from betaweighter.pretext.augment import AUGMENTATIONS, PRESETS, Augment
 from betaweighter.pretext.base import Pretext, PretextBatch
 from betaweighter.pretext.boxes import PSEUDO_BOX_METHODS, PseudoBoxes, filter_boxes
 from betaweighter.pretext.byol import (
@@ -27,10 +29,10 @@ from betaweighter.pretext.views import (
 )
 
 __all__ = [
-    "PSEUDO_BOX_METHODS", "BYOLPretext", "MoCoPretext", "MomentumTarget", "Pretext",
-    "PretextBatch", "PseudoBoxes", "RPNPretext", "RotationPretext", "SimCLRPretext",
-    "SimSiamPretext", "TwoViewPretext", "TwoViews", "ViewPool", "augment_pairs", "byol_loss",
-    "check_boxes", "check_separate", "filter_boxes", "info_nce_loss", "interleave", "mlp_head",
-    "negative_cosine", "nt_xent_loss", "rotate4", "rotation_loss", "simclr_view",
+    "AUGMENTATIONS", "PRESETS", "PSEUDO_BOX_METHODS", "Augment", "BYOLPretext", "MoCoPretext",
+    "MomentumTarget", "Pretext", "PretextBatch", "PseudoBoxes", "RPNPretext", "RotationPretext",
+    "SimCLRPretext", "SimSiamPretext", "TwoViewPretext", "TwoViews", "ViewPool", "augment_pairs",
+    "byol_loss", "check_boxes", "check_separate", "filter_boxes", "info_nce_loss", "interleave",
+    "mlp_head", "negative_cosine", "nt_xent_loss", "rotate4", "rotation_loss", "simclr_view",
     "simsiam_loss", "swap_views", "two_view_pipelines",
 ]
