@@ -2,7 +2,7 @@
 
     python benchmarks/pretexts.py                      # convnet, 32 px, the demo's sizes
     python benchmarks/pretexts.py --model resnet18     # ResNet-18 at 84 px (STL-10's crop)
-    python benchmarks/pretexts.py --compare            # plain loop vs BDW + pruning (todo)
+    python benchmarks/pretexts.py --compare            # plain loop vs BDW + pruning, 3 seeds
 
 Step ratio. A "plain step" is the user's loop with the pretext as it is: ``pretext.batch``
 (augmentation, target network), forward, the mean per-row loss, backward,
@@ -16,7 +16,7 @@ target network's forward), part of both steps; `ratio_without_views` leaves it o
 
 The comparison of the issue (plain loop against BDW with pruning over 3 seeds: probe
 accuracy with 95 % intervals, wall time, weight diagnostics) goes through the
-``betaweighter compare`` command; `compare_plain_vs_bdw` is its place here.
+same code as ``betaweighter compare`` (``--compare``, `compare_plain_vs_bdw`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -132,16 +133,25 @@ def time_pair(pretext: str, model: str, batch: int, episode: tuple[int, int, int
             "ratio_without_views": round(med["meta_rest"] / med["plain_rest"], 3)}
 
 
-def compare_plain_vs_bdw(pretexts: list[str], seeds: list[int]) -> list[dict]:
+def compare_plain_vs_bdw(pretexts: list[str], seeds: list[int],
+                         out: str = "runs") -> list[dict]:
     """For each pretext: the plain loop (``weights.method=rotnet``, no pruning) against BDW
     with CDF pruning (the shipped ``demo`` / ``demo/<pretext>`` configs), each over `seeds`,
-    through ``betaweighter compare``: linear-probe test accuracy (mean and 95 % interval),
-    wall time, kept fraction and the weight diagnostics of each run. One dict per pretext.
+    through `betaweighter.experiment.compare`: linear-probe test accuracy (mean and 95 %
+    interval), wall time, images seen, time to the plain loop's accuracy, and the weight
+    diagnostics (AUROC digits vs patches, in-domain share of the pruned). One dict per
+    pretext and variant; the runs stay under `out`."""
+    from betaweighter.experiment.compare import compare
 
-    Not written yet: it needs the ``compare`` command, which is being built."""
-    raise NotImplementedError(
-        "compare_plain_vs_bdw needs `betaweighter compare`, which is not in this version; "
-        "run the step-ratio part (without --compare) meanwhile")
+    rows = []
+    for name in pretexts:
+        config = "demo" if name == "rotation" else f"demo/{name}"
+        result = compare(config, seeds=seeds, out=out, variants=("rotnet", "bdw"))
+        print(result.format(), file=sys.stderr, flush=True)
+        for row in result.table:
+            rows.append({"pretext": name, "seeds": seeds, "directory": str(result.directory),
+                         **{k: v for k, v in row.items() if k != "label"}})
+    return rows
 
 
 def main() -> None:
@@ -156,11 +166,13 @@ def main() -> None:
     p.add_argument("--every", type=int, default=1, help="a meta update every k-th step")
     p.add_argument("--steps", type=int, default=7, help="timed blocks per case")
     p.add_argument("--compare", action="store_true",
-                   help="plain loop vs BDW with pruning, 3 seeds (needs betaweighter compare)")
+                   help="plain loop vs BDW with pruning on the demo configs, over --seeds")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per variant with --compare")
+    p.add_argument("--out", default="runs", help="where --compare writes its runs")
     args = p.parse_args()
     pretexts = args.pretext or list(PRETEXTS)
     if args.compare:
-        for row in compare_plain_vs_bdw(pretexts, [0, 1, 2]):
+        for row in compare_plain_vs_bdw(pretexts, list(range(args.seeds)), args.out):
             print(json.dumps(row), flush=True)
         return
     device = torch.device(args.device)
