@@ -88,6 +88,12 @@ class WeightOptimizer:
         self.nonfinite_steps = 0
         self._rms_sum, self._rms_steps = 0.0, 0
 
+    @classmethod
+    def paper(cls) -> WeightOptimizer:
+        """The reference code's update, by name: the raw meta-gradient, SGD at lr 1 with
+        momentum 0.9, dense over all rows (the ``bdw-paper`` configs use the same)."""
+        return cls("sgd", 1.0, momentum=0.9, normalise=False, dense=True)
+
     @property
     def settings(self) -> dict[str, Any]:
         """The options, as given (saved with the state)."""

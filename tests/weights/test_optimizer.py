@@ -60,6 +60,21 @@ def test_dense_mode_equals_torch_sgd_on_dense_gradients():
     torch.testing.assert_close(w.log_alpha.detach(), ref.detach())
 
 
+def test_the_paper_update_by_name_is_raw_dense_sgd_with_momentum():
+    w = bw.BetaWeights(N).double()
+    ref = torch.nn.Parameter(w.log_alpha.detach().clone())
+    opt = bw.WeightOptimizer.paper().bind(w)
+    ref_opt = torch.optim.SGD([ref], lr=1.0, momentum=0.9)
+    for scale, idx in zip([1e-3, 1.0, 2.0], BATCHES):  # raw: the step follows the scale
+        g = torch.zeros(N, dtype=torch.float64)
+        g[idx] = scale * torch.linspace(-1, 1, len(idx), dtype=torch.float64)
+        w.log_alpha.grad, ref.grad = g.clone(), g.clone()
+        opt.step(idx)
+        ref_opt.step()
+    torch.testing.assert_close(w.log_alpha.detach(), ref.detach())
+    assert opt.settings["normalise"] is False and opt.settings["dense"] is True
+
+
 def test_sparse_sgd_and_adam_rows_follow_their_own_history():
     """A row that is in every batch follows exactly torch's SGD/Adam; a row seen once moves
     once."""
