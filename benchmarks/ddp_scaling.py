@@ -71,7 +71,7 @@ def worker(args: argparse.Namespace) -> None:
                           "images_per_s": round(size * args.batch * args.steps / seconds, 2)}),
               flush=True)
     if distributed:
-        torch.distributed.destroy_process_group()
+        bw.runtime.finish_distributed()  # last: under gloo it ends the process
 
 
 def main() -> None:

@@ -121,11 +121,26 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     warnings.showwarning = _show_warning
-    from betaweighter.errors import BetaweighterError
-    from betaweighter.experiment.interrupt import Interrupted
-    from betaweighter.runtime import init_distributed
+    from betaweighter.runtime import finish_distributed, init_distributed
 
     distributed = args.command in ("run", "compare", "demo") and init_distributed()
+    try:
+        code = _dispatch(args)
+    except BaseException:
+        if distributed:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+        raise
+    if distributed:
+        finish_distributed(code)  # under gloo this ends the process with `code`
+    return code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from betaweighter.errors import BetaweighterError
+    from betaweighter.experiment.interrupt import Interrupted
+
     try:
         return COMMANDS[args.command](args)
     except BetaweighterError as e:
@@ -137,11 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    finally:
-        if distributed:
-            import torch.distributed
-
-            torch.distributed.destroy_process_group()
 
 
 def _is_config(path: str) -> bool:

@@ -13,7 +13,7 @@ from torch import nn
 
 from betaweighter.errors import ConfigError
 
-__all__ = ["broadcast_object", "init_distributed", "is_main", "module_device",
+__all__ = ["broadcast_object", "finish_distributed", "init_distributed", "is_main", "module_device",
            "progress_disabled", "resolve_device", "world"]
 
 
@@ -89,6 +89,28 @@ def init_distributed() -> bool:
     else:
         dist.init_process_group("gloo")
     return True
+
+
+def finish_distributed(exit_code: int = 0) -> None:
+    """Leave the process group at the end of a torchrun script: destroy it, and under Gloo
+    end the process at once with `exit_code` (stdout and stderr flushed first).
+
+    Gloo's worker threads can abort the interpreter's teardown after all work is done
+    ("terminate called without an active exception", exit status -6, intermittently),
+    which torchrun reports as a failed run; leaving before the teardown avoids it. Call it
+    last, once every file is written. Does nothing outside a distributed run."""
+    import os
+    import sys
+
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gloo = dist.get_backend() == "gloo"
+    dist.destroy_process_group()
+    if gloo:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
 
 
 def broadcast_object(obj: object) -> object:

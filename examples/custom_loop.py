@@ -69,7 +69,7 @@ def main(epochs: int = 2, pool_size: int | None = None) -> None:
                   f"{meta.last_meta_loss:.3f}, mean weight {w.mean():.3f} (min {w.min():.3f}, "
                   f"max {w.max():.3f}, checksum {float(weights.log_alpha.detach().sum()):.6f})")
     if distributed:
-        torch.distributed.destroy_process_group()
+        bw.runtime.finish_distributed()  # last: under gloo it ends the process
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import torch
 from betaweighter.errors import ConfigError
 from betaweighter.runtime import (
     broadcast_object,
+    finish_distributed,
     init_distributed,
     is_main,
     module_device,
@@ -43,3 +44,7 @@ def test_single_process_world(monkeypatch):
 def test_module_device():
     assert module_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
     assert module_device(torch.nn.ReLU()) == torch.device("cpu")  # no tensors: the CPU
+
+
+def test_finish_distributed_outside_a_process_group_does_nothing():
+    assert finish_distributed(3) is None  # still here: no process group, no exit
