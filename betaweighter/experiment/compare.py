@@ -114,7 +114,7 @@ def compare(config: Config | str | Path, seeds: Sequence[int] = (0, 1, 2),
     if not cfg.pruning.enabled or cfg.pruning.rule == "random":
         raise ConfigError("compare needs a config with pruning.enabled=true and a pruning rule "
                           "other than random (the bdw variant); set pruning.enabled=true")
-    directory = create_run_dir(out, f"{cfg.experiment.name}-compare")
+    directory = create_run_dir(out, f"{cfg.experiment.name}-compare", run_folders=False)
     result = CompareResult(directory, [int(s) for s in seeds])
     for seed in result.seeds:
         counts = None

@@ -37,8 +37,10 @@ __all__ = ["RunDir", "create_run_dir"]
 LOCK_FILE = ".lock"
 
 
-def create_run_dir(root: str | Path, name: str) -> Path:
-    """Create ``root/name`` (or ``root/name-1``, ``-2``, ... if taken) and return it.
+def create_run_dir(root: str | Path, name: str, run_folders: bool = True) -> Path:
+    """Create ``root/name`` (or ``root/name-1``, ``-2``, ... if taken) and return it, with
+    the ``checkpoints`` and ``plots`` folders of a run unless `run_folders` is False (a
+    directory that holds other runs, as `compare`'s).
 
     `mkdir` without exist_ok is atomic, so two runs started at once get two directories.
     """
@@ -55,8 +57,9 @@ def create_run_dir(root: str | Path, name: str) -> Path:
             path.mkdir()
         except FileExistsError:
             continue
-        (path / "checkpoints").mkdir()
-        (path / "plots").mkdir()
+        if run_folders:
+            (path / "checkpoints").mkdir()
+            (path / "plots").mkdir()
         return path
     raise RuntimeError(f"could not find a free run directory name under {root}")
 

@@ -44,6 +44,8 @@ def test_compare_runs_every_variant_with_matched_counts(tmp_path, capsys):
     saved = json.loads((result.directory / "compare.json").read_text())
     assert saved["seeds"] == [0, 1] and len(saved["table"]) == 3
     assert (result.directory / "compare.png").is_file()
+    assert sorted(p.name for p in result.directory.iterdir() if p.is_dir()) == [
+        "bdw-s0", "bdw-s1", "random-s0", "random-s1", "rotnet-s0", "rotnet-s1"]
     assert (result.directory / "compare.csv").read_text().startswith("variant,test_accuracy_")
     assert "weights + pruning" not in result.format() and "bdw" in result.format()
 
