@@ -142,12 +142,11 @@ def compare_plain_vs_bdw(pretexts: list[str], seeds: list[int],
     diagnostics (AUROC digits vs patches, in-domain share of the pruned). One dict per
     pretext and variant; the runs stay under `out`."""
     from betaweighter.experiment.compare import compare
-    from betaweighter.experiment.shipped import config_file
 
     rows = []
     for name in pretexts:
-        with config_file("demo" if name == "rotation" else f"demo/{name}") as config:
-            result = compare(config, seeds=seeds, out=out, variants=("rotnet", "bdw"))
+        config = "demo" if name == "rotation" else f"demo/{name}"  # shipped configs
+        result = compare(config, seeds=seeds, out=out, variants=("rotnet", "bdw"))
         print(result.format(), file=sys.stderr, flush=True)
         for row in result.table:
             rows.append({"pretext": name, "seeds": seeds, "directory": str(result.directory),

@@ -24,6 +24,7 @@ import yaml
 
 from betaweighter.errors import ConfigError
 from betaweighter.experiment.schema import build, join, read_yaml
+from betaweighter.experiment.shipped import config_file
 from betaweighter.experiment.tasks import (
     PATH,
     DetectionTask,
@@ -250,13 +251,15 @@ def read_config_file(path: str | Path) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict | None = None) -> Config:
-    """Read a YAML config (or start from defaults / `base`), apply ``a.b=c`` overrides and
-    validate everything. Raises ConfigError naming the offending key."""
+    """Read a YAML config (a file, or a shipped config's name such as ``"demo"``; or start
+    from defaults / `base`), apply ``a.b=c`` overrides and validate everything. Raises
+    ConfigError naming the offending key."""
     data: dict = {}
     if base is not None:
         data = yaml.safe_load(yaml.safe_dump(base))
     if path is not None:
-        data = _merge(data, read_config_file(path))
+        with config_file(str(path)) as found:  # a file, else a shipped config's name
+            data = _merge(data, read_config_file(found))
     for text in overrides or []:
         keys, value = parse_override(text)
         node = data

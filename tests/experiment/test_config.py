@@ -124,6 +124,19 @@ def test_every_shipped_config_is_valid():
             load_config(path, ["data.root=/data"] if needs_root else [])
 
 
+def test_load_config_takes_a_shipped_name_as_the_command_line_does(tmp_path, monkeypatch):
+    from betaweighter.experiment.shipped import config_file
+
+    with config_file("demo/simclr") as path:
+        assert load_config("demo/simclr") == load_config(path)
+    assert load_config("demo.yaml").pretext.name == "rotation"
+    monkeypatch.chdir(tmp_path)  # a file of the same name wins over the shipped one
+    (tmp_path / "demo.yaml").write_text("train:\n  epochs: 3\n")
+    assert load_config("demo.yaml").train.epochs == 3
+    with pytest.raises(ConfigError, match="no shipped config has that name"):
+        load_config("demo/nonexistent")
+
+
 def test_sync_batchnorm_is_refused_where_it_cannot_work():
     from helpers import TINY
 
