@@ -10,7 +10,8 @@ crop 84, flip). For each worker count it reports, one JSON line each:
   batches of 32 x 4 rotations; BDW with a 10-way 10-shot 10-query episode), with the batches
   coming from that loader, and the share of the step spent waiting for data.
 
-The episode is drawn from the labelled split by the objective itself, off the loader.
+The episode is drawn from the labelled split by the objective itself, one episode ahead in
+a background thread (`prefetch=True`, as the trainer does), so it stays off the critical path.
 
     python benchmarks/throughput.py --device cuda --workers 0 2 4 8
     python benchmarks/throughput.py --images 2048 --steps 20      # a CPU-sized run
@@ -75,7 +76,7 @@ def measure_training(data, loader, method: str, steps: int, device: torch.device
     model = build_model("resnet18", num_classes=4).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     weights = (bw.BetaWeights if method == "bdw" else bw.UniformWeights)(len(data.pool)).to(device)
-    objective = bw.PrototypicalLoss(10, 10, 10) if method == "bdw" else None
+    objective = bw.PrototypicalLoss(10, 10, 10, prefetch=True) if method == "bdw" else None
     meta = bw.MetaWeighter(model, weights, opt, objective,
                            target=data.target_train if method == "bdw" else None)
     it = iter(loader)

@@ -209,7 +209,8 @@ def build_meta(cfg: Config, model: nn.Module, weights: InstanceWeights,
                               "provide (use data.name=shapes, or the prototypical objective)")
         objective = bw.DetectionLoss(m.detection_batch, seed=cfg.experiment.seed)
     else:
-        objective = bw.PrototypicalLoss(m.way, m.shot, m.query, seed=cfg.experiment.seed)
+        objective = bw.PrototypicalLoss(m.way, m.shot, m.query, seed=cfg.experiment.seed,
+                                        prefetch=True)  # targets use eval transforms
     weight_optimizer = None
     if isinstance(weights, bw.weights.LearnedWeights):
         weight_optimizer = bw.WeightOptimizer(

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from betaweighter.data.episodes import EpisodeSampler
 from betaweighter.data.labels import labels_of
+from betaweighter.data.prefetch import Prefetcher, stack_items
 from betaweighter.runtime import world
 
 __all__ = ["ClassificationLoss", "MetaObjective", "PrototypicalLoss"]
@@ -25,10 +26,8 @@ Features = Callable[[Any, Tensor], Tensor]
 
 
 def _gather(dataset: Any, indices: np.ndarray, device: torch.device) -> tuple[Tensor, Tensor]:
-    items = [dataset[int(i)] for i in indices]
-    x = torch.stack([torch.as_tensor(it[0]) for it in items]).to(device)
-    y = torch.as_tensor([int(it[1]) for it in items], device=device)
-    return x, y
+    x, y = stack_items(dataset, indices)
+    return x.to(device), y.to(device)
 
 
 def _embed(model: Any, x: Tensor, features: Features | str | None) -> Tensor:
@@ -84,15 +83,22 @@ class PrototypicalLoss(MetaObjective):
             ``(model, x) -> embeddings``.
         seed: seeds the episode sequence: the k-th call draws episode k of the stream
             (seed, process rank), whatever happened before.
+        prefetch: gather episode k + 1 in a background thread while the step of episode k
+            runs (`betaweighter.data.prefetch`), taking the episode off the step's critical
+            path. Only for target data whose items are the same at every read (no random
+            augmentation); the trainer turns it on for its evaluation-transformed targets.
     """
 
     def __init__(
-        self, way: int, shot: int, query: int, features: Features | str | None = None, seed: int = 0
+        self, way: int, shot: int, query: int, features: Features | str | None = None,
+        seed: int = 0, prefetch: bool = False,
     ) -> None:
         self.way, self.shot, self.query = int(way), int(shot), int(query)
         self.features = features
         self.seed = int(seed)
+        self.prefetch = bool(prefetch)
         self.sampler: EpisodeSampler | None = None
+        self._loader: Prefetcher | None = None
         self.calls = 0
 
     def bind(self, dataset: Any) -> PrototypicalLoss:
@@ -100,13 +106,21 @@ class PrototypicalLoss(MetaObjective):
         self.sampler = EpisodeSampler(
             labels_of(dataset), self.way, self.shot, self.query, self.seed
         )
+        self._loader = Prefetcher(dataset)
         return self
+
+    def _episode(self, k: int) -> np.ndarray:
+        support, query, _ = self.sampler.sample(k, stream=world()[1])
+        return np.concatenate([support, query])
 
     def __call__(self, model: Any) -> Tensor:
         self._check_bound()
-        s_idx, q_idx, _ = self.sampler.sample(self.calls, stream=world()[1])
+        k = self.calls
+        x, _ = self._loader.get(k, self._episode(k))
         self.calls += 1
-        x, _ = _gather(self.dataset, np.concatenate([s_idx, q_idx]), model.device)
+        if self.prefetch:
+            self._loader.ahead(k + 1, self._episode(k + 1))
+        x = x.to(model.device, non_blocking=True)
         emb = _embed(model, x, self.features)
         n_support = self.way * self.shot
         prototypes = emb[:n_support].view(self.way, self.shot, -1).mean(1)
