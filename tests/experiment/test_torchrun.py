@@ -46,6 +46,26 @@ def test_torchrun_trains_one_run_written_by_rank_zero(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_torchrun_run_resumed_under_torchrun_ends_like_an_uninterrupted_one(tmp_path):
+    """Resume works under DDP: 2 epochs in one go against 1 epoch, then --resume for the
+    second (the same two processes' shards, episodes and pruning decisions)."""
+    _torchrun(_run_args(tmp_path, TINY + ["experiment.name=whole"]), tmp_path)
+    _torchrun(_run_args(tmp_path, TINY + ["experiment.name=split", "train.epochs=1"]),
+              tmp_path)
+    split = tmp_path / "runs" / "split"
+    _torchrun(["-m", "betaweighter", "run", "--resume", str(split), "--set",
+               "train.epochs=2"], tmp_path)
+
+    def rows(run):
+        return [{k: v for k, v in r.items() if k != "epoch_seconds"}
+                for r in csv.DictReader(open(run / "metrics.csv"))]
+
+    whole = tmp_path / "runs" / "whole"
+    assert len(rows(whole)) == 2 and rows(split) == rows(whole)
+    assert (split / "weights.csv").read_text() == (whole / "weights.csv").read_text()
+
+
+@pytest.mark.slow
 def test_torchrun_smoke_run_of_the_demo_config(tmp_path):
     _torchrun(_run_args(tmp_path, ["train.epochs=2", "experiment.name=demo-ddp"]), tmp_path,
               timeout=1800)
