@@ -4,6 +4,7 @@
     python benchmarks/step_cost.py --paper          # the paper's shapes: ResNet-18 at 84 px,
                                                     # 32 images x 4 rotations, 10-10-10 episode
     python benchmarks/step_cost.py --paper --device cuda --precisions fp32 bf16
+    python benchmarks/step_cost.py --methods        # every weighting method, conv net
 
 A "plain step" is the user's ordinary loop: forward, weighted per-sample loss, backward,
 optimizer step. A "meta step" is `MetaWeighter.backward` plus the same optimizer step. Both
@@ -48,6 +49,27 @@ class DropoutNet(nn.Module):
         return self.body.head(self.drop(self.body.features(x)))
 
 
+METHODS = {  # --methods: every weighting method on the conv net, against a RotNet step
+    "rotnet": lambda n: bw.UniformWeights(n),
+    "bdw": lambda n: bw.BetaWeights(n),
+    "dw": lambda n: bw.PointWeights(n),
+    "l2rw": lambda n: bw.L2RW(n),
+    "weightnet": lambda n: bw.WeightNet(n),
+    "nn": lambda n: bw.NearestNeighbourWeights(n),
+    "keep-hard": lambda n: bw.LossHeuristicWeights(n, "hard"),
+    "keep-easy": lambda n: bw.LossHeuristicWeights(n, "easy"),
+    "el2n": lambda n: bw.LossHeuristicWeights(n, "el2n"),
+    "random": lambda n: bw.RandomWeights(n, resample=True),
+}
+
+
+def method_cases() -> list[dict]:
+    base = {"model": "convnet", "size": 32, "batch": 8, "episode": (5, 5, 5),
+            "optimizer": "sgd", "dropout": False, "precision": "fp32",
+            "meta_gradient": "forward", "every": 1, "direction": "fresh"}
+    return [{**base, "method": name} for name in METHODS]
+
+
 def cases(paper: bool, precisions: list[str]) -> list[dict]:
     b, episode = (32, (10, 10, 10)) if paper else (8, (5, 5, 5))
     models = [("resnet18", 84)] if paper else [("convnet", 32), ("resnet18", 84)]
@@ -83,7 +105,9 @@ def _setup(case: dict, device: torch.device):
     tx = torch.randn(way * per_class, 3, case["size"], case["size"])
     ty = torch.arange(way).repeat_interleave(per_class)
     pool = torch.randn(4 * case["batch"], 3, case["size"], case["size"], device=device)
-    weights = bw.BetaWeights(len(pool)).to(device)
+    weights = METHODS[case.get("method", "bdw")](len(pool)).to(device)
+    if isinstance(weights, bw.NearestNeighbourWeights):
+        weights.fit(pool.cpu(), torch.utils.data.TensorDataset(tx, ty))
     meta = bw.MetaWeighter(model, weights, opt, bw.PrototypicalLoss(way, shot, query),
                            target=torch.utils.data.TensorDataset(tx, ty),
                            meta_gradient=case["meta_gradient"], every=case["every"],
@@ -102,7 +126,10 @@ def _steps(case: dict, device: torch.device, mode: str):
         if mode == "meta":
             meta.backward(x, lambda out: F.cross_entropy(out, y, reduction="none"), idx)
         else:
-            w = weights.sample(idx).detach().repeat_interleave(4)
+            if case.get("method", "bdw") == "bdw":
+                w = weights.sample(idx).detach().repeat_interleave(4)
+            else:  # the methods' common reference: a RotNet step
+                w = torch.ones(4 * len(idx), device=device)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 out = model(x)
             (w * F.cross_entropy(out.float(), y, reduction="none")).mean().backward()
@@ -204,9 +231,11 @@ def main() -> None:
     p.add_argument("--blocks", type=int, default=5, help="timed blocks per case")
     p.add_argument("--model", choices=["convnet", "resnet18"], help="only this model")
     p.add_argument("--memory", action="store_true", help="also measure peak memory")
+    p.add_argument("--methods", action="store_true",
+                   help="every weighting method on the conv net, against a RotNet step")
     args = p.parse_args()
     device = torch.device(args.device)
-    for case in cases(args.paper, args.precisions):
+    for case in method_cases() if args.methods else cases(args.paper, args.precisions):
         if args.model and case["model"] != args.model:
             continue
         t = time_case(case, device, args.blocks)
