@@ -8,13 +8,16 @@ outside one), so that only rank 0 writes files and shows progress bars.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
 from betaweighter.errors import ConfigError
 
-__all__ = ["broadcast_object", "finish_distributed", "init_distributed", "is_main", "module_device",
-           "progress_disabled", "resolve_device", "world"]
+__all__ = ["broadcast_object", "eval_mode", "finish_distributed", "init_distributed", "is_main",
+           "module_device", "progress_disabled", "resolve_device", "world"]
 
 
 def resolve_device(name: str | torch.device | None = None, key: str = "device") -> torch.device:
@@ -51,6 +54,21 @@ def module_device(module: nn.Module) -> torch.device:
     for tensor in (*module.parameters(), *module.buffers()):
         return tensor.device
     return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module | None) -> Iterator[None]:
+    """`module` in eval mode inside the block, its own train/eval mode restored after (also
+    on an error); None is allowed and does nothing."""
+    if module is None:
+        yield
+        return
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)
 
 
 def world() -> tuple[int, int]:

@@ -8,6 +8,7 @@ import torch
 from betaweighter.errors import ConfigError
 from betaweighter.runtime import (
     broadcast_object,
+    eval_mode,
     finish_distributed,
     init_distributed,
     is_main,
@@ -48,3 +49,16 @@ def test_module_device():
 
 def test_finish_distributed_outside_a_process_group_does_nothing():
     assert finish_distributed(3) is None  # still here: no process group, no exit
+
+
+def test_eval_mode_restores_each_module_s_own_mode_even_after_an_error():
+    import torch
+
+    for training in (True, False):
+        net = torch.nn.Sequential(torch.nn.BatchNorm1d(2)).train(training)
+        with pytest.raises(RuntimeError, match="boom"), eval_mode(net):
+            assert not net.training and not net[0].training
+            raise RuntimeError("boom")
+        assert net.training is training and net[0].training is training
+    with eval_mode(None):  # nothing to switch
+        pass

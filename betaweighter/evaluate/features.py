@@ -21,7 +21,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Subset
 from tqdm.auto import tqdm
 
 from betaweighter.io import save_array
-from betaweighter.runtime import module_device, progress_disabled, resolve_device
+from betaweighter.runtime import eval_mode, module_device, progress_disabled, resolve_device
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -98,16 +98,12 @@ def extract_features(model: nn.Module, dataset: Any, *, batch_size: int = 64,
     embed = model.features if callable(getattr(model, "features", None)) else model
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
                         num_workers=num_workers, pin_memory=device.type == "cuda")
-    was_training = model.training
-    model.eval()
     feats, labels = [], []
-    try:
+    with eval_mode(model):
         for x, y in tqdm(loader, desc=f"features {name}", disable=progress_disabled(), leave=False):
             out = embed(x.to(device, non_blocking=True))
             feats.append(out.flatten(1).float().cpu().numpy())
             labels.append(torch.as_tensor(y).reshape(-1).cpu().numpy().astype(np.int64))
-    finally:
-        model.train(was_training)
     if not feats:
         raise ValueError(f"cannot extract features of split {name!r}: the dataset is empty")
     features, targets = np.concatenate(feats), np.concatenate(labels)

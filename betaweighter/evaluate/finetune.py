@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from betaweighter.data.loaders import forever
 from betaweighter.evaluate.fusion import FusedBackbone
 from betaweighter.evaluate.metrics import METRICS, accuracy, mean_per_class_accuracy
-from betaweighter.runtime import module_device, progress_disabled, resolve_device
+from betaweighter.runtime import eval_mode, module_device, progress_disabled, resolve_device
 
 __all__ = ["FeatureClassifier", "evaluate_finetune", "predict", "train_classifier"]
 
@@ -164,9 +164,6 @@ def _feature_dim(backbone: nn.Module, dataset: Any, device: torch.device) -> int
         raise TypeError(f"fine-tuning needs a backbone with features(x); "
                         f"{type(backbone).__name__} has none")
     x = torch.as_tensor(dataset[0][0]).unsqueeze(0).to(device)
-    was = backbone.training
-    backbone.eval()
-    with torch.no_grad():
+    with eval_mode(backbone), torch.no_grad():
         dim = backbone.features(x).flatten(1).shape[1]
-    backbone.train(was)
     return int(dim)

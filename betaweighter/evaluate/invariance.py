@@ -43,7 +43,7 @@ from betaweighter.evaluate.invariance_transforms import (
     transform_batch,
 )
 from betaweighter.evaluate.whitening import FeatureStats
-from betaweighter.runtime import module_device, progress_disabled, resolve_device
+from betaweighter.runtime import eval_mode, module_device, progress_disabled, resolve_device
 
 __all__ = ["ImageSource", "InputConfig", "input_config", "measure_invariance",
            "reference_stats", "to_uint8"]
@@ -169,17 +169,13 @@ def reference_stats(model: nn.Module, data: Any, *, inputs: InputConfig | None =
     inputs = inputs or input_config(model)
     device = module_device(model) if device is None else resolve_device(device)
     embed = _Embedder(model, inputs, device)
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         feats = []
         for s in tqdm(range(0, len(source), batch_size), desc="reference features",
                       disable=progress_disabled(), leave=False):
             batch = [_clean(source[i], inputs, protocol)
                      for i in range(s, min(s + batch_size, len(source)))]
             feats.append(embed(torch.stack(batch)))
-    finally:
-        model.train(was)
     if not feats:
         raise DataError("the reference set is empty: give images for the feature statistics")
     return FeatureStats.from_features(np.concatenate(feats), shrinkage=shrinkage)
@@ -228,17 +224,13 @@ def measure_invariance(model: nn.Module, data: Any, transforms: Sequence[str] | 
         raise DataError("no images to measure invariance on")
     device = module_device(model) if device is None else resolve_device(device)
     model.to(device)
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         if stats is None:
             stats = reference_stats(model, source.data if reference is None else reference,
                                     inputs=inputs, protocol=protocol, shrinkage=shrinkage,
                                     batch_size=batch_size, device=device)
         rows = _measure(model, source, names, k, num_images, stats, seed, protocol, inputs,
                         batch_size, device)
-    finally:
-        model.train(was)
     info = {"protocol": protocol, "k": k, "num_images": num_images, "seed": seed,
             "image_size": inputs.crop, "resize": inputs.resize, "stats": stats.to_dict()}
     return InvarianceTable(rows, protocol, info)

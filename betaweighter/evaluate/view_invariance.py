@@ -36,7 +36,7 @@ from betaweighter.evaluate.invariance import (
 from betaweighter.evaluate.invariance_table import InvarianceTable
 from betaweighter.evaluate.invariance_transforms import PROTOCOLS
 from betaweighter.evaluate.whitening import FeatureStats
-from betaweighter.runtime import module_device, progress_disabled, resolve_device
+from betaweighter.runtime import eval_mode, module_device, progress_disabled, resolve_device
 
 __all__ = ["read_view_groups", "measure_view_invariance"]
 
@@ -99,9 +99,7 @@ def measure_view_invariance(model: nn.Module, groups: str | os.PathLike | Mappin
         inputs.resize = inputs.crop
     device = module_device(model) if device is None else resolve_device(device)
     model.to(device)
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         if stats is None:
             images = reference if reference is not None else [
                 _load(v) for views in groups.values() for v in views]
@@ -119,8 +117,6 @@ def measure_view_invariance(model: nn.Module, groups: str | os.PathLike | Mappin
             sim, dist = _pairs(stats.whiten(feats), protocol)
             rows.append({"transform": name, "param": str(obj), "level": len(rows),
                          "similarity": sim, "distance": dist, "count": len(views)})
-    finally:
-        model.train(was)
     return InvarianceTable(rows, protocol, {"protocol": protocol, "objects": len(rows),
                                             "stats": stats.to_dict()})
 

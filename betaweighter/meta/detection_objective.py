@@ -14,17 +14,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from betaweighter.meta.objectives import MetaObjective
-from betaweighter.runtime import world
+from betaweighter.meta.objectives import ShuffledBatchObjective
 
 __all__ = ["DetectionLoss"]
 
 
-class DetectionLoss(MetaObjective):
+class DetectionLoss(ShuffledBatchObjective):
     """Mean of ``model.target_loss(images, boxes)`` over `batch_size` labelled images per
     call, walking through seeded shuffles of the target set.
 
@@ -34,19 +32,8 @@ class DetectionLoss(MetaObjective):
     """
 
     def __init__(self, batch_size: int = 4, method: str = "target_loss", seed: int = 0) -> None:
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = int(batch_size)
+        super().__init__(batch_size, seed)
         self.method = method
-        self.rng = np.random.default_rng([int(seed), world()[1]])
-        self._order = np.empty(0, dtype=np.int64)
-
-    def _next_indices(self) -> np.ndarray:
-        n = len(self.dataset)
-        while len(self._order) < min(self.batch_size, n):
-            self._order = np.concatenate([self._order, self.rng.permutation(n)])
-        take, self._order = self._order[: self.batch_size], self._order[self.batch_size:]
-        return take
 
     def __call__(self, model: Any) -> Tensor:
         self._check_bound()
@@ -59,10 +46,3 @@ class DetectionLoss(MetaObjective):
         boxes = [torch.as_tensor(it[1]["boxes"], dtype=torch.float32) for it in items]
         return model.call(self.method, x, boxes).mean()
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state, "order": self._order.copy()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
-            self.rng.bit_generator.state = state["rng"]
-            self._order = np.asarray(state["order"], dtype=np.int64)

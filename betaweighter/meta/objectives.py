@@ -20,7 +20,7 @@ from betaweighter.data.labels import labels_of
 from betaweighter.data.prefetch import Prefetcher, stack_items
 from betaweighter.runtime import world
 
-__all__ = ["ClassificationLoss", "MetaObjective", "PrototypicalLoss"]
+__all__ = ["ClassificationLoss", "MetaObjective", "PrototypicalLoss", "ShuffledBatchObjective"]
 
 Features = Callable[[Any, Tensor], Tensor]
 
@@ -135,7 +135,35 @@ class PrototypicalLoss(MetaObjective):
         self.calls = int(state.get("calls", 0))
 
 
-class ClassificationLoss(MetaObjective):
+class ShuffledBatchObjective(MetaObjective):
+    """Base for objectives that read `batch_size` target items per call, walking through
+    seeded shuffles of the target set (one stream per process rank); the position in the
+    stream is part of the state, so a resumed run reads the same batches."""
+
+    def __init__(self, batch_size: int, seed: int = 0) -> None:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.rng = np.random.default_rng([int(seed), world()[1]])
+        self._order = np.empty(0, dtype=np.int64)
+
+    def _next_indices(self) -> np.ndarray:
+        n = len(self.dataset)
+        while len(self._order) < min(self.batch_size, n):
+            self._order = np.concatenate([self._order, self.rng.permutation(n)])
+        take, self._order = self._order[: self.batch_size], self._order[self.batch_size:]
+        return take
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "order": self._order.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.rng.bit_generator.state = state["rng"]
+            self._order = np.asarray(state["order"], dtype=np.int64)
+
+
+class ClassificationLoss(ShuffledBatchObjective):
     """Cross-entropy of the look-ahead model's output on a seeded batch of labelled target
     data (the batches walk through shuffled epochs of the target set).
 
@@ -149,30 +177,11 @@ class ClassificationLoss(MetaObjective):
     def __init__(
         self, batch_size: int = 64, head: Features | None = None, seed: int = 0
     ) -> None:
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = int(batch_size)
+        super().__init__(batch_size, seed)
         self.head = head
-        self.rng = np.random.default_rng([int(seed), world()[1]])
-        self._order = np.empty(0, dtype=np.int64)
-
-    def _next_indices(self) -> np.ndarray:
-        n = len(self.dataset)
-        while len(self._order) < min(self.batch_size, n):
-            self._order = np.concatenate([self._order, self.rng.permutation(n)])
-        take, self._order = self._order[: self.batch_size], self._order[self.batch_size:]
-        return take
 
     def __call__(self, model: Any) -> Tensor:
         self._check_bound()
         x, y = _gather(self.dataset, self._next_indices(), model.device)
         logits = self.head(model, x) if self.head is not None else model(x)
         return F.cross_entropy(logits, y)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state, "order": self._order.copy()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
-            self.rng.bit_generator.state = state["rng"]
-            self._order = np.asarray(state["order"], dtype=np.int64)

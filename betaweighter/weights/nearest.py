@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from betaweighter.runtime import progress_disabled
+from betaweighter.runtime import eval_mode, progress_disabled
 from betaweighter.weights.base import WeightRule
 
 __all__ = ["NearestNeighbourWeights"]
@@ -119,19 +119,13 @@ class NearestNeighbourWeights(WeightRule):
                                "fit(pool, target[, model]) first (again after loading a "
                                "checkpoint)")
         pool, target, model = self._sources
-        was_training = None if model is None else model.training
-        if model is not None:
-            model.eval()
-        try:
+        with eval_mode(model):
             targets = torch.cat(list(self._embed(target, model, "target")))
             nearest = self._index(targets)
             distances = torch.cat([
                 (chunk - targets[nearest(chunk)].to(chunk)).norm(dim=1)
                 for chunk in self._embed(pool, model, "pool")
             ])
-        finally:
-            if model is not None:
-                model.train(was_training)
         self.distance.copy_(distances.to(self.distance))
         self.k.fill_(self.fixed_k if self.fixed_k is not None else _inverse_median(distances))
 
