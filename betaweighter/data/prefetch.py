@@ -13,12 +13,19 @@ transform the dataset applies, so use it only for datasets whose items are the s
 time they are read (the evaluation transforms the trainer's target data use). A dataset
 with random augmentation would draw from torch's global generator on another thread and
 make runs irreproducible.
+
+A process that forks while the thread is reading (a DataLoader starting its worker
+processes at the start of an epoch) could hand the child a lock that no thread will ever
+release. So before any fork, every pending batch is allowed to finish (`os.register_at_fork`),
+and the fork happens while the thread sits idle.
 """
 
 from __future__ import annotations
 
+import os
+import weakref
 from collections.abc import Hashable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -34,6 +41,18 @@ def stack_items(dataset: Any, indices: np.ndarray) -> tuple[Tensor, Tensor]:
     x = torch.stack([torch.as_tensor(it[0]) for it in items])
     y = torch.as_tensor([int(it[1]) for it in items])
     return x, y
+
+
+_LIVE: weakref.WeakSet[Prefetcher] = weakref.WeakSet()
+
+
+def _settle_before_fork() -> None:
+    pending = [p._ahead[1] for p in list(_LIVE) if p._ahead is not None]
+    if pending:
+        wait(pending)
+
+
+os.register_at_fork(before=_settle_before_fork)
 
 
 class Prefetcher:
@@ -61,6 +80,7 @@ class Prefetcher:
         """Start loading the batch `key` in the background."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="betaweighter-prefetch")
+            _LIVE.add(self)
         self._ahead = (key, self._pool.submit(self._load, indices))
 
     def _load(self, indices: np.ndarray) -> tuple[Tensor, Tensor]:

@@ -75,3 +75,24 @@ def test_prefetcher_keys_and_stacking():
 
     clone = copy.deepcopy(loader)  # no thread to copy
     assert torch.equal(clone.get("c", idx)[0], ref[0])
+
+
+def test_a_fork_waits_for_the_batch_being_read():
+    """Before any fork (a DataLoader starting workers) the pending read finishes, so the
+    child never inherits a lock held by the reading thread."""
+    import time
+
+    from betaweighter.data import prefetch
+
+    class Slow(Recording):
+        def __getitem__(self, i):
+            time.sleep(0.05)
+            return super().__getitem__(i)
+
+    loader = Prefetcher(Slow(8, 2))
+    loader.ahead(0, np.arange(6))
+    future = loader._ahead[1]
+    assert not future.done()
+    prefetch._settle_before_fork()  # what os.register_at_fork runs before a fork
+    assert future.done()
+    loader.close()
