@@ -132,19 +132,18 @@ def _rpn(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, Any]]
         raise ConfigError(f"config section 'pretext.options' for rpn: {e}") from None
 
 
+#: pretexts that draw their own two views (pretext.options.augment)
+TWO_VIEW: dict[str, type[TwoViewPretext]] = {
+    "simclr": SimCLRPretext, "moco": MoCoPretext, "byol": BYOLPretext,
+    "simsiam": SimSiamPretext}
+
 #: pretext name -> builder(cfg, options) -> (pretext module, model_config of its backbone)
 PRETEXT_BUILDERS: dict[str, Callable[[Config, dict[str, Any]],
                                      tuple[Pretext, dict[str, Any]]]] = {
     "rotation": _rotation,
     "rpn": _rpn,
-    "simclr": _two_view(SimCLRPretext),
-    "moco": _two_view(MoCoPretext),
-    "byol": _two_view(BYOLPretext),
-    "simsiam": _two_view(SimSiamPretext),
+    **{name: _two_view(cls) for name, cls in TWO_VIEW.items()},
 }
-
-
-TWO_VIEW = ("simclr", "moco", "byol", "simsiam")
 
 
 def build_augment(cfg: Config, bundle: bwdata.DataBundle) -> Augment | None:
