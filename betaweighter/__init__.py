@@ -18,6 +18,7 @@ from betaweighter.pretext.rpn import RPNPretext  # noqa: E402
 from betaweighter.pruning import PruningScheduler  # noqa: E402
 from betaweighter.weights.base import InstanceWeights, LearnedWeights, WeightRule  # noqa: E402
 from betaweighter.weights.beta import BetaWeights  # noqa: E402
+from betaweighter.weights.cluster import ClusterWeights  # noqa: E402
 from betaweighter.weights.heuristics import LossHeuristicWeights  # noqa: E402
 from betaweighter.weights.l2rw import L2RW  # noqa: E402
 from betaweighter.weights.nearest import NearestNeighbourWeights  # noqa: E402
@@ -30,6 +31,7 @@ from betaweighter.weights.uniform import UniformWeights  # noqa: E402
 __all__ = [
     "L2RW",
     "BetaWeights",
+    "ClusterWeights",
     "ClassificationLoss",
     "DetectionLoss",
     "InstanceWeights",

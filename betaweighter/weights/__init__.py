@@ -2,6 +2,7 @@
 
 from betaweighter.weights.base import InstanceWeights, LearnedWeights, WeightRule
 from betaweighter.weights.beta import BetaWeights
+from betaweighter.weights.cluster import ClusterWeights
 from betaweighter.weights.heuristics import LossHeuristicWeights
 from betaweighter.weights.l2rw import L2RW
 from betaweighter.weights.nearest import NearestNeighbourWeights
@@ -13,6 +14,7 @@ from betaweighter.weights.uniform import UniformWeights
 
 __all__ = [
     "BetaWeights",
+    "ClusterWeights",
     "InstanceWeights",
     "L2RW",
     "LearnedWeights",

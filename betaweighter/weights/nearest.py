@@ -31,14 +31,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from betaweighter.runtime import eval_mode, progress_disabled
 from betaweighter.weights.base import WeightRule
+from betaweighter.weights.embedding import SPACES, embed
 
 __all__ = ["NearestNeighbourWeights"]
 
-SPACES = ("pixel", "feature")
 BACKENDS = ("torch", "sklearn")
 
 
@@ -119,13 +117,13 @@ class NearestNeighbourWeights(WeightRule):
                                "fit(pool, target[, model]) first (again after loading a "
                                "checkpoint)")
         pool, target, model = self._sources
-        with eval_mode(model):
-            targets = torch.cat(list(self._embed(target, model, "target")))
-            nearest = self._index(targets)
-            distances = torch.cat([
-                (chunk - targets[nearest(chunk)].to(chunk)).norm(dim=1)
-                for chunk in self._embed(pool, model, "pool")
-            ])
+        model = model if self.space == "feature" else None
+        targets = torch.cat(list(self._embed(target, model, "target")))
+        nearest = self._index(targets)
+        distances = torch.cat([
+            (chunk - targets[nearest(chunk)].to(chunk)).norm(dim=1)
+            for chunk in self._embed(pool, model, "pool")
+        ])
         self.distance.copy_(distances.to(self.distance))
         self.k.fill_(self.fixed_k if self.fixed_k is not None else _inverse_median(distances))
 
@@ -151,15 +149,8 @@ class NearestNeighbourWeights(WeightRule):
         return True
 
     def _embed(self, data: Any, model: nn.Module | None, name: str) -> Iterator[Tensor]:
-        device = self.device if model is None else next(model.parameters()).device
-        for x in tqdm(_chunks(data, self.chunk_size), desc=f"NN-Weighter {name}",
-                      total=math.ceil(len(data) / self.chunk_size), disable=progress_disabled(),
-                      leave=False):
-            x = x.to(device)
-            if self.space == "feature":
-                embed = getattr(model, "features", None)
-                x = embed(x) if callable(embed) else model(x)
-            yield x.flatten(1)
+        return embed(data, model, self.space, self.chunk_size, f"NN-Weighter {name}",
+                     self.device)
 
     def _index(self, targets: Tensor) -> Callable[[Tensor], Tensor]:
         """A search over `targets`: queries -> index of each query's nearest target. The
@@ -204,16 +195,6 @@ class NearestNeighbourWeights(WeightRule):
     @torch.no_grad()
     def std(self, indices: Tensor | None = None) -> Tensor:
         return torch.zeros_like(self.distance[self._rows(indices)])
-
-
-def _chunks(data: Any, size: int) -> Iterator[Tensor]:
-    if isinstance(data, Tensor):
-        yield from data.split(size)
-        return
-    for start in range(0, len(data), size):
-        items = [data[i] for i in range(start, min(start + size, len(data)))]
-        yield torch.stack([torch.as_tensor(it[0] if isinstance(it, (tuple, list)) else it)
-                           for it in items])
 
 
 def _inverse_median(distances: Tensor) -> float:
