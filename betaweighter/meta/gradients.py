@@ -12,6 +12,11 @@ optimiser, and the meta objective M(theta'), the meta-gradient is dM/dw_r. Four 
 * ``finite_difference``: the same directional derivatives from two no-grad forwards at
   theta +- h (J v) (an approximation: 0.6 % relative error in norm, in float32, on the demo
   conv net; see FD_STEP).
+* ``one_sided``: one no-grad forward at theta + h (J v), against the losses the training
+  forward already computed at theta: half the cost of the central difference, and the
+  cheapest meta step there is (a first-order error in h; benchmarks/fd_accuracy.py
+  measures it against forward mode). Full precision only, since the training forward's
+  losses are the base point.
 * ``double_backward`` (the reference): ``autograd.grad(L, theta, create_graph=True)``,
   the virtual step(s), M, then ``autograd.grad(M, w)`` through the gradient graph. Exact for
   any number of unrolled steps; single-process, full precision.
@@ -108,12 +113,13 @@ def virtual_tangent(vopt: VirtualOptimizer, theta: Params, grads: Params, state:
 
 
 def directional(batch: Batch, theta: Params, tangent: Params, *, finite_difference: bool,
-                check: bool = True) -> Tensor:
+                check: bool = True, one_sided: bool = False) -> Tensor:
     """d/de l_r(theta + e * tangent) at e = 0 for every row r, by forward-mode AD (dual
-    tensors) or a central difference. The tangent is scaled to unit norm for the pass and
-    the result scaled back (the map is linear), so a small learning rate cannot underflow
-    in low precision. With `check`, the pass's losses at theta must reproduce the
-    training losses."""
+    tensors), a central difference, or (`one_sided`, with `finite_difference`) a forward
+    difference from the training losses. The tangent is scaled to unit norm for the pass
+    and the result scaled back (the map is linear), so a small learning rate cannot
+    underflow in low precision. With `check`, the pass's losses at theta must reproduce
+    the training losses (for the one-sided difference: lie within rounding of them)."""
     norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in tangent.values()))
     if norm == 0.0 or not math.isfinite(norm):
         return torch.zeros_like(batch.losses.detach()) if norm == 0.0 else \
@@ -128,7 +134,11 @@ def directional(batch: Batch, theta: Params, tangent: Params, *, finite_differen
             out = functional_call(batch.module, ({**fixed, **p}, buffers), (batch.x,))
             return batch.loss_fn(out)
 
-    if finite_difference:  # in full precision, against a training forward maybe in bf16
+    if finite_difference and one_sided:
+        base = _at_least_float32(batch.losses.detach())
+        value, d = _one_sided_difference(row_losses, theta, unit, base)
+        tol = 2e-2
+    elif finite_difference:  # in full precision, against a training forward maybe in bf16
         value, d = _central_difference(row_losses, theta, unit)
         tol = 2e-2 if batch.low_precision else 1e-3
     else:
@@ -235,6 +245,20 @@ def _central_difference(fn: Callable[[Params], Tensor], theta: Params,
         minus = fn({n: theta[n] - h * t for n, t in tangent.items()}).double()
     dtype = torch.promote_types(dtype, torch.float32)
     return ((plus + minus) / 2).to(dtype), ((plus - minus) / (2 * h)).to(dtype)
+
+
+@torch.no_grad()
+def _one_sided_difference(fn: Callable[[Params], Tensor], theta: Params, tangent: Params,
+                          base: Tensor) -> tuple[Tensor, Tensor]:
+    """(f(theta + h t), (f(theta + h t) - base) / h) with a unit tangent and `base` =
+    f(theta) from the training forward: one forward instead of two, with the step of the
+    central difference (`FD_STEP`), where ReLU kinks and rounding dominate the error."""
+    dtype = next(iter(tangent.values())).dtype
+    p_norm = math.sqrt(sum(float(theta[n].double().pow(2).sum()) for n in tangent))
+    h = FD_STEP * torch.finfo(dtype).eps ** (1 / 3) * max(p_norm, 1.0)
+    plus = fn({n: theta[n] + h * t for n, t in tangent.items()}).double()
+    dtype = torch.promote_types(dtype, torch.float32)
+    return plus.to(dtype), ((plus - base.double()) / h).to(dtype)
 
 
 def _at_least_float32(t: Tensor) -> Tensor:

@@ -38,7 +38,10 @@ from betaweighter.weights.optimizer import WeightOptimizer
 
 __all__ = ["DIRECTIONS", "META_GRADIENTS", "PRECISIONS", "MetaWeighter"]
 
-META_GRADIENTS = ("auto", "forward", "finite_difference", "double_backward", "higher")
+META_GRADIENTS = ("auto", "forward", "finite_difference", "one_sided", "double_backward",
+                  "higher")
+#: the meta-gradients that take the directional derivative along v (running direction)
+DIRECTIONAL = ("forward", "finite_difference", "one_sided")
 DIRECTIONS = ("fresh", "running")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -59,7 +62,9 @@ class MetaWeighter:
         weight_optimizer: a `WeightOptimizer` (default: the scale-free one); only for
             learned weights.
         meta_gradient: ``"auto"`` (forward mode with one inner step, else double backward),
-            ``"forward"``, ``"finite_difference"``, ``"double_backward"`` or ``"higher"``.
+            ``"forward"``, ``"finite_difference"``, ``"one_sided"`` (one extra no-grad
+            forward against the training losses: the cheapest, full precision only),
+            ``"double_backward"`` or ``"higher"``.
         every: run the labelled episode (the meta objective) on every k-th call only.
             With ``direction="fresh"`` the weights are updated on those calls only; the
             others just do the weighted backward.
@@ -83,6 +88,14 @@ class MetaWeighter:
             the user calls ``scaler.step(optimizer); scaler.update()``. The look-ahead uses
             an unscaled copy of the gradient, and a step whose gradient is not finite skips
             the meta update (counted in ``skipped_meta_steps``).
+        shuffle_meta_gradients: the shuffled control: each batch's per-instance
+            meta-gradients are permuted across its instances (seeded by the call count)
+            before they move the weights. The weights then move as much as the real run's,
+            but by noise alone; pruning that this control matches follows noise.
+
+    Set ``plain = True`` (the trainer does when a budget's scoring phase ends) to stop
+    weighting: `backward` is then an ordinary backward of the mean loss, with no meta step
+    and no weights, at the cost of a plain step.
     """
 
     def __init__(
@@ -103,6 +116,7 @@ class MetaWeighter:
         update_buffers: bool = True,
         precision: str = "fp32",
         scaler: Any = None,
+        shuffle_meta_gradients: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -133,6 +147,8 @@ class MetaWeighter:
         self._running_weight = 0.0  # its total weight (bias correction)
         self.normalise, self.update_buffers = bool(normalise), bool(update_buffers)
         self.precision, self.scaler = precision, scaler
+        self.shuffle_meta_gradients = bool(shuffle_meta_gradients)
+        self.plain = False
         self.meta_gradient = self._method(meta_gradient)
         self.vopt = VirtualOptimizer(optimizer, dict(self.module.named_parameters()))
         self._check_combination(objective, weight_optimizer)
@@ -162,7 +178,7 @@ class MetaWeighter:
     def _method(self, requested: str) -> str:
         if requested == "auto":
             return "forward" if self.inner_steps == 1 else "double_backward"
-        if requested in ("forward", "finite_difference") and self.inner_steps != 1:
+        if requested in DIRECTIONAL and self.inner_steps != 1:
             raise ValueError(f"meta_gradient={requested!r} is exact for one virtual step "
                              f"only; inner_steps={self.inner_steps} needs 'double_backward'")
         return requested
@@ -199,7 +215,7 @@ class MetaWeighter:
                     "after (about 30x the eps at the first step), and higher has no AdamW or "
                     f"RMSprop. Use 'forward' or 'double_backward' with {self.vopt.kind}.")
         if self.direction == "running":
-            if method not in ("forward", "finite_difference"):
+            if method not in DIRECTIONAL:
                 raise ValueError("direction='running' averages the meta direction v, which "
                                  "only the forward-mode and finite-difference meta-gradients "
                                  f"use; meta_gradient={method!r} needs direction='fresh'")
@@ -215,6 +231,11 @@ class MetaWeighter:
                 raise ValueError(f"meta_gradient={method!r} runs in full precision only (a "
                                  "double backward in fp16 can give NaN); use precision='fp32' "
                                  "or meta_gradient='forward'")
+        if method == "one_sided" and self.precision != "fp32":
+            raise ValueError("meta_gradient='one_sided' differences against the training "
+                             "forward's losses, which a low-precision forward rounds: use "
+                             "precision='fp32', or meta_gradient='forward' (exact in bf16 "
+                             "and fp16)")
         if self.precision == "fp16" and self.scaler is None:
             raise ValueError("precision='fp16' needs a GradScaler: pass "
                              "scaler=torch.amp.GradScaler() and call scaler.step(optimizer); "
@@ -230,6 +251,8 @@ class MetaWeighter:
         idx = self.weights._rows(torch.as_tensor(indices))
         n_rows = checks.batch_size(x)
         copies = checks.copies_per_instance(copies, n_rows, idx.numel())
+        if self.plain:
+            return self._plain_backward(x, per_sample_loss, n_rows)
         episode_now = self.needs_meta and self.calls % self.every == 0
         meta_now = episode_now or (self.learned and self.direction == "running")
         step = self.calls
@@ -271,6 +294,20 @@ class MetaWeighter:
         self.last_loss = float(loss.detach())
         return loss.detach()
 
+    def _plain_backward(self, x: Any, per_sample_loss: Callable[[Any], Tensor],
+                        n_rows: int) -> Tensor:
+        """An ordinary backward of the mean per-row loss: no weights, no meta step."""
+        self.calls += 1
+        with self._autocast():
+            out = self.model(x)
+        checks.check_output(out, n_rows)
+        losses = checks.check_losses(per_sample_loss(out), n_rows)
+        loss = losses.to(torch.promote_types(losses.dtype, torch.float32)).mean()
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        self.last_mean_weight = 1.0
+        self.last_loss = float(loss.detach())
+        return loss.detach()
+
     def _rule_weights(self, batch: gradients.Batch, idx: Tensor, inst_losses: Tensor,
                       step: int, meta_now: bool) -> Tensor:
         """A rule's weights, computed on the global batch under DDP (identical state)."""
@@ -309,6 +346,9 @@ class MetaWeighter:
             self.skipped_meta_steps += 1
             return
         g_w, meta = self._meta_gradient(batch, w, grads, episode)
+        if self.shuffle_meta_gradients:  # the control: the same signals, on other instances
+            gen = torch.Generator().manual_seed(self.calls)
+            g_w = g_w[torch.randperm(g_w.numel(), generator=gen).to(g_w.device)]
         replicas = self._replicas()
         reg = self.weights.regulariser(idx) / replicas
         torch.autograd.backward([w, reg] if reg.requires_grad else [w],
@@ -350,7 +390,8 @@ class MetaWeighter:
             v = self._running_direction(names)
         tangent = gradients.virtual_tangent(self.vopt, theta, grads, state, v)
         d = gradients.directional(batch, theta, tangent,
-                                  finite_difference=method == "finite_difference")
+                                  finite_difference=method != "forward",
+                                  one_sided=method == "one_sided")
         w_rows = w.detach().to(d.dtype).repeat_interleave(batch.copies)
         return gradients.per_instance(gradients.per_row(batch, d, w_rows), batch.copies), meta
 
