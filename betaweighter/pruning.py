@@ -46,7 +46,9 @@ from betaweighter.weights.base import InstanceWeights
 
 __all__ = ["RULES", "PruningScheduler", "unpruned_loader"]
 
-RULES = ("cdf", "threshold", "quantile", "random")
+RULES = ("cdf", "threshold", "quantile", "budget", "random", "lowest")
+#: rules that prune by a count taken from `control` (a rule's count, or a matched run's)
+MATCHED = ("random", "lowest")
 STATE_FORMAT = "betaweighter-pruning-v1"
 
 
@@ -59,14 +61,26 @@ class PruningScheduler:
     * ``"threshold"``: prune i when its mean weight is <= `epsilon`;
     * ``"quantile"``: prune the `quantile` fraction of the candidates with the lowest mean
       weight (rounded down; ties broken by index);
+    * ``"budget"``: keep the fraction `keep` of the pool, chosen by the weights: one
+      decision, at the end of epoch `score_epochs`, prunes the lowest-weight instances
+      (ties broken by index) down to ``floor(keep * N)`` kept. The weights are learnt in
+      those first epochs (the scoring phase); afterwards the loop trains plainly on what is
+      kept (`scoring` turns False: stop the meta steps, e.g. ``meta.plain = True``).
     * ``"random"``: prune as many as `control` says, chosen uniformly at random: the control
       any pruning claim needs. `control` is a rule name (the count that rule would prune
       now) or a sequence of counts per epoch (``[r["decided_count"] for r in
       other.history]`` of the run being matched: instances newly pruned, or flagged in soft
       mode).
+    * ``"lowest"``: prune as many as `control` says, the lowest-weight first: another
+      weighting's choice at a matched kept fraction (e.g. the NN-Weighter control).
 
     Args:
         weights: any `InstanceWeights`; only ``num_instances``, ``mean`` and ``cdf`` are read.
+        keep: the fraction of the pool the budget rule keeps.
+        score_epochs: the length of the scoring phase: the budget rule decides at the end of
+            this epoch, and `scoring` is False from then on, for any rule (so a matched
+            control trains plainly from the same epoch). None: weights are learnt
+            throughout (required for the budget rule).
         warmup: no decision at the end of the first `warmup` epochs.
         every: then decide at the end of every `every`-th epoch.
         max_fraction: never prune more than this fraction of the pool in total (the most
@@ -99,6 +113,8 @@ class PruningScheduler:
         epsilon: float = 0.1,
         delta: float = 0.5,
         quantile: float = 0.1,
+        keep: float = 0.5,
+        score_epochs: int | None = None,
         control: str | Sequence[int] = "cdf",
         warmup: int = 0,
         every: int = 1,
@@ -113,20 +129,35 @@ class PruningScheduler:
     ) -> None:
         if rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        ranked = tuple(r for r in RULES if r not in MATCHED)
         if isinstance(control, str):
-            if control not in RULES[:-1]:
-                raise ValueError(f"control must be a rule of {RULES[:-1]} or a list of counts")
+            if control not in ranked:
+                raise ValueError(f"control must be a rule of {ranked} or a list of counts")
         else:
-            control = [int(c) for c in control]
-            if any(c < 0 for c in control):
-                raise ValueError("control counts must be >= 0")
-        checks = {"delta": 0 <= delta < 1, "quantile": 0 <= quantile < 1,
-                  "max_fraction": 0 <= max_fraction <= 1, "skip_prob": 0 <= skip_prob < 1,
-                  "warmup": warmup >= 0, "every": every >= 1, "seed": seed >= 0}
+            control = [_count(c) for c in control]
+        checks = {"epsilon": _number(epsilon) and 0 <= epsilon <= 1,
+                  "delta": _number(delta) and 0 <= delta < 1,
+                  "quantile": _number(quantile) and 0 <= quantile < 1,
+                  "keep": _number(keep) and 0 < keep <= 1,
+                  "max_fraction": _number(max_fraction) and 0 <= max_fraction <= 1,
+                  "skip_prob": _number(skip_prob) and 0 <= skip_prob < 1,
+                  "warmup": _integer(warmup, 0), "every": _integer(every, 1),
+                  "seed": _integer(seed, 0),
+                  "score_epochs": score_epochs is None or _integer(score_epochs, 1),
+                  "total_epochs": total_epochs is None or _integer(total_epochs, 1),
+                  "anneal_epochs": anneal_epochs is None or _integer(anneal_epochs, 0)}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid {bad}: need 0 <= delta, quantile, skip_prob < 1, "
-                             "0 <= max_fraction <= 1, warmup >= 0, every >= 1, seed >= 0")
+            raise ValueError(f"invalid {bad}: need 0 <= epsilon <= 1, 0 <= delta, quantile, "
+                             "skip_prob < 1, 0 < keep <= 1, 0 <= max_fraction <= 1, integers "
+                             "warmup >= 0, every >= 1, seed >= 0, score_epochs and "
+                             "total_epochs >= 1 (or None), anneal_epochs >= 0 (or None)")
+        if rule == "budget" and score_epochs is None:
+            raise ValueError("rule='budget' decides once, when the scoring phase ends: pass "
+                             "score_epochs=N (e.g. 2)")
+        if rule == "budget" and soft:
+            raise ValueError("rule='budget' prunes once and for good; soft=True re-decides "
+                             "every epoch: use one or the other")
         if soft and total_epochs is None and anneal_epochs != 0:
             raise ValueError("soft pruning returns to the full pool for the last epochs: pass "
                              "total_epochs=... (or anneal_epochs=0 to never return)")
@@ -136,6 +167,8 @@ class PruningScheduler:
         self.num_instances = int(weights.num_instances)
         self.rule, self.epsilon, self.delta = rule, float(epsilon), float(delta)
         self.quantile, self.control = float(quantile), control
+        self.keep = float(keep)
+        self.score_epochs = None if score_epochs is None else int(score_epochs)
         self.warmup, self.every, self.max_fraction = int(warmup), int(every), float(max_fraction)
         self.soft, self.skip_prob = bool(soft), float(skip_prob)
         self.total_epochs, self.anneal_epochs = total_epochs, int(anneal_epochs)
@@ -154,7 +187,8 @@ class PruningScheduler:
     @property
     def config(self) -> dict[str, Any]:
         """The settings that decide what is pruned (saved in `state_dict`)."""
-        keys = ("rule", "epsilon", "delta", "quantile", "control", "warmup", "every",
+        keys = ("rule", "epsilon", "delta", "quantile", "keep", "score_epochs", "control",
+                "warmup", "every",
                 "max_fraction", "soft", "skip_prob", "total_epochs", "anneal_epochs", "seed",
                 "num_instances")
         return {k: getattr(self, k) for k in keys}
@@ -201,6 +235,8 @@ class PruningScheduler:
         self.epoch += 1
         due = (self.epoch > self.warmup and (self.epoch - self.warmup - 1) % self.every == 0
                and not (self.soft and self._annealing(self.epoch)))
+        if self.rule == "budget":
+            due = self.epoch == self.score_epochs
         before = self.pruned.copy()
         if due:
             chosen = self._decide()
@@ -216,6 +252,12 @@ class PruningScheduler:
         return self._record(visited, due, before)
 
     # -- what the next epoch will look like ----------------------------------------------
+    @property
+    def scoring(self) -> bool:
+        """Whether the current epoch still learns the weights: always, unless `score_epochs`
+        ended the scoring phase (then the loop trains plainly on what is kept)."""
+        return self.score_epochs is None or self.epoch < self.score_epochs
+
     @property
     def kept_fraction(self) -> float:
         """Fraction of the pool the current epoch visits."""
@@ -241,11 +283,13 @@ class PruningScheduler:
         candidates = np.arange(self.num_instances) if self.soft else np.flatnonzero(~self.pruned)
         already = 0 if self.soft else int(self.pruned.sum())
         budget = max(0, math.floor(self.max_fraction * self.num_instances + 1e-9) - already)
-        if self.rule == "random":
+        if self.rule in MATCHED:
             if isinstance(self.control, str):
                 count = len(self._ranked(self.control, candidates)[:budget])
             else:  # the matched run's decided counts (newly pruned, or flagged if soft)
                 count = self.control[self.epoch - 1] if self.epoch <= len(self.control) else 0
+            if self.rule == "lowest":
+                return self._ranked("lowest", candidates)[:min(count, budget)]
             rng = epoch_rng(self.seed, self.epoch, RANDOM_RULE_STREAM)
             return rng.permutation(candidates)[:min(count, budget)]
         return self._ranked(self.rule, candidates)[:budget]
@@ -264,6 +308,11 @@ class PruningScheduler:
         order = np.lexsort((candidates, mean))
         if rule == "threshold":
             return candidates[order][mean[order] <= self.epsilon]
+        if rule == "budget":  # down to floor(keep * N) kept in all
+            kept = math.floor(self.keep * self.num_instances + 1e-9)
+            return candidates[order][: max(0, len(candidates) - kept)]
+        if rule == "lowest":
+            return candidates[order]
         return candidates[order][: math.floor(self.quantile * len(candidates) + 1e-9)]
 
     def _annealing(self, epoch: int) -> bool:
@@ -311,16 +360,31 @@ class PruningScheduler:
         run is extended)."""
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a PruningScheduler state (format {STATE_FORMAT!r} expected)")
-        differ = sorted(k for k in self.config if state["config"].get(k) != self.config[k]
+        saved = {"keep": 0.5, "score_epochs": None, **state["config"]}  # older states
+        differ = sorted(k for k in self.config if saved.get(k) != self.config[k]
                         and k not in allow_changed)
         if differ:
-            pairs = ", ".join(f"{k}: saved {state['config'].get(k)!r}, now {self.config[k]!r}"
+            pairs = ", ".join(f"{k}: saved {saved.get(k)!r}, now {self.config[k]!r}"
                               for k in differ)
             raise ValueError(f"the saved pruning state was made with other settings ({pairs})")
         self.epoch = int(state["epoch"])
         self.pruned = np.asarray(torch.as_tensor(state["pruned"]).cpu().numpy(), dtype=bool)
         self.history = [dict(r) for r in state["history"]]
         self._active = None
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _integer(x: Any, low: int) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= low
+
+
+def _count(c: Any) -> int:
+    if not _integer(c, 0):
+        raise ValueError(f"control counts must be integers >= 0, got {c!r}")
+    return int(c)
 
 
 def _numpy(t: Tensor) -> np.ndarray:

@@ -403,3 +403,70 @@ def test_soft_random_control_flags_exactly_the_matched_runs_counts():
     assert [int(control.pruned.sum())] == [counts[-1]]
     skipped = [r["pruned"] for r in matched.history]
     assert skipped != counts  # what the old control wrongly read: about half
+
+
+# -- the budget mode, the matched "lowest" rule, and argument checks -----------------------
+def point_weights(values: np.ndarray) -> bw.PointWeights:
+    w = bw.PointWeights(len(values))
+    with torch.no_grad():
+        w.value.copy_(torch.as_tensor(values))
+    return w
+
+
+def test_budget_keeps_the_highest_weights_once_when_scoring_ends():
+    values = np.random.default_rng(0).uniform(0, 1, N)
+    values[:10] = 0.3  # ties, broken by index
+    pruner = PruningScheduler(point_weights(values), "budget", keep=0.3, score_epochs=2)
+    assert pruner.scoring
+    assert not pruner.step()["decided"] and pruner.scoring
+    row = pruner.step()
+    assert row["decided"] and not pruner.scoring
+    kept = pruner.active_indices()
+    assert len(kept) == math.floor(0.3 * N)
+    expected = np.lexsort((np.arange(N), values))[N - len(kept):]
+    assert sorted(kept.tolist()) == sorted(expected.tolist())
+    for _ in range(3):  # no more decisions: plain training on what is kept
+        assert not pruner.step()["decided"]
+    assert np.array_equal(pruner.active_indices(), kept)
+
+
+def test_budget_needs_a_scoring_phase_and_is_hard():
+    w = point_weights(np.full(N, 0.5))
+    with pytest.raises(ValueError, match="score_epochs"):
+        PruningScheduler(w, "budget", keep=0.5)
+    with pytest.raises(ValueError, match="soft"):
+        PruningScheduler(w, "budget", keep=0.5, score_epochs=1, soft=True, total_epochs=4)
+
+
+def test_lowest_rule_prunes_the_matched_counts_lowest_first():
+    values = np.linspace(0, 1, N)[::-1].copy()
+    pruner = PruningScheduler(point_weights(values), "lowest", control=[0, 7, 5])
+    counts = [pruner.step()["decided_count"] for _ in range(4)]
+    assert counts == [0, 7, 5, 0]
+    assert np.flatnonzero(pruner.pruned).tolist() == list(range(N - 12, N))
+
+
+def test_score_epochs_ends_scoring_for_any_rule():
+    pruner = PruningScheduler(point_weights(np.full(N, 0.5)), "random", control=[0, 3],
+                              score_epochs=1)
+    assert pruner.scoring
+    pruner.step()
+    assert not pruner.scoring
+
+
+@pytest.mark.parametrize("kw", [
+    {"epsilon": 1.5}, {"epsilon": -0.1}, {"epsilon": math.nan}, {"epsilon": math.inf},
+    {"delta": math.nan}, {"quantile": 1.0}, {"keep": 0.0}, {"keep": 1.5},
+    {"max_fraction": math.nan}, {"warmup": -1}, {"every": 0}, {"every": 1.5},
+    {"seed": -2}, {"score_epochs": 0}, {"control": [1, -2]}, {"control": [1.5]},
+    {"epsilon": True}])
+def test_every_argument_is_checked_in_the_constructor(kw):
+    with pytest.raises(ValueError):
+        PruningScheduler(point_weights(np.full(N, 0.5)), "cdf", **kw)
+
+
+def test_a_state_saved_before_budget_options_existed_still_loads():
+    w = point_weights(np.full(N, 0.5))
+    state = PruningScheduler(w, "cdf").state_dict()
+    del state["config"]["keep"], state["config"]["score_epochs"]
+    PruningScheduler(w, "cdf").load_state_dict(state)
