@@ -5,6 +5,7 @@
                                                     # 32 images x 4 rotations, 10-10-10 episode
     python benchmarks/step_cost.py --paper --device cuda --precisions fp32 bf16
     python benchmarks/step_cost.py --methods        # every weighting method, conv net
+    python benchmarks/step_cost.py --default        # the default weighting's cases only
 
 A "plain step" is the user's ordinary loop: forward, weighted per-sample loss, backward,
 optimizer step. A "meta step" is `MetaWeighter.backward` plus the same optimizer step. Both
@@ -60,6 +61,7 @@ METHODS = {  # --methods: every weighting method on the conv net, against a RotN
     "keep-easy": lambda n: bw.LossHeuristicWeights(n, "easy"),
     "el2n": lambda n: bw.LossHeuristicWeights(n, "el2n"),
     "random": lambda n: bw.RandomWeights(n, resample=True),
+    "cluster": lambda n: bw.ClusterWeights(n, clusters=8, space="pixel"),
 }
 
 
@@ -68,6 +70,22 @@ def method_cases() -> list[dict]:
             "optimizer": "sgd", "dropout": False, "precision": "fp32",
             "meta_gradient": "forward", "every": 1, "direction": "fresh"}
     return [{**base, "method": name} for name in METHODS]
+
+
+def default_cases(paper: bool) -> list[dict]:
+    """The default weighting (cluster weights, normalised loss, running direction, an
+    episode every 4 steps) with each meta-gradient, and the budget's plain phase."""
+    b, episode = (32, (10, 10, 10)) if paper else (8, (5, 5, 5))
+    models = [("resnet18", 84)] if paper else [("convnet", 32), ("resnet18", 84)]
+    out = []
+    for model, size in models:
+        base = {"model": model, "size": size, "batch": b, "episode": episode,
+                "optimizer": "sgd", "dropout": False, "precision": "fp32",
+                "method": "cluster", "normalise": True, "every": 4, "direction": "running"}
+        for method in ("forward", "one_sided"):
+            out.append({**base, "meta_gradient": method})
+        out.append({**base, "meta_gradient": "one_sided", "plain": True})
+    return out
 
 
 def cases(paper: bool, precisions: list[str]) -> list[dict]:
@@ -82,6 +100,7 @@ def cases(paper: bool, precisions: list[str]) -> list[dict]:
             for every in (1, 4):
                 out.append({**base, "precision": precision, "every": every})
             out.append({**base, "precision": precision, "every": 4, "direction": "running"})
+        out.append({**base, "every": 4, "direction": "running", "meta_gradient": "one_sided"})
         out.append({**base, "meta_gradient": "finite_difference"})
         out.append({**base, "meta_gradient": "double_backward"})
         out.append({**base, "optimizer": "adam"})
@@ -106,12 +125,14 @@ def _setup(case: dict, device: torch.device):
     ty = torch.arange(way).repeat_interleave(per_class)
     pool = torch.randn(4 * case["batch"], 3, case["size"], case["size"], device=device)
     weights = METHODS[case.get("method", "bdw")](len(pool)).to(device)
-    if isinstance(weights, bw.NearestNeighbourWeights):
+    if isinstance(weights, (bw.NearestNeighbourWeights, bw.ClusterWeights)):
         weights.fit(pool.cpu(), torch.utils.data.TensorDataset(tx, ty))
     meta = bw.MetaWeighter(model, weights, opt, bw.PrototypicalLoss(way, shot, query),
                            target=torch.utils.data.TensorDataset(tx, ty),
                            meta_gradient=case["meta_gradient"], every=case["every"],
-                           direction=case["direction"], precision=case["precision"])
+                           direction=case["direction"], precision=case["precision"],
+                           normalise=case.get("normalise", False))
+    meta.plain = case.get("plain", False)  # the budget's training phase
     return model, opt, pool, weights, meta
 
 
@@ -233,9 +254,13 @@ def main() -> None:
     p.add_argument("--memory", action="store_true", help="also measure peak memory")
     p.add_argument("--methods", action="store_true",
                    help="every weighting method on the conv net, against a RotNet step")
+    p.add_argument("--default", action="store_true",
+                   help="the default weighting's cases (cluster weights, running direction)")
     args = p.parse_args()
     device = torch.device(args.device)
-    for case in method_cases() if args.methods else cases(args.paper, args.precisions):
+    chosen = (method_cases() if args.methods else default_cases(args.paper) if args.default
+              else cases(args.paper, args.precisions))
+    for case in chosen:
         if args.model and case["model"] != args.model:
             continue
         t = time_case(case, device, args.blocks)

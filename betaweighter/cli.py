@@ -59,13 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", dest="overrides", action="append", default=[],
                       metavar="KEY=VALUE", help="override a key of the demo config")
 
-    cmp = sub.add_parser("compare", help="does pruning pay? the baseline, weights + pruning "
-                                         "and a matched random-pruning control, over seeds")
+    cmp = sub.add_parser("compare", help="does weighting pay? the baseline, weights + "
+                                         "pruning and three controls (random, NN-Weighter, "
+                                         "shuffled meta-gradients), over seeds")
     cmp.add_argument("config", help="YAML config (file or shipped name) with pruning enabled")
     cmp.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
     cmp.add_argument("--out", default="runs", help="output root (default: runs)")
     cmp.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY=VALUE", help="override a config key (repeatable)")
+    cmp.add_argument("--variants", nargs="+", metavar="NAME",
+                     default=["rotnet", "bdw", "random", "nn", "shuffled"],
+                     help="variants to run (default: all of rotnet bdw random nn shuffled)")
 
     sub.add_parser("configs", help="list the shipped configs")
 
@@ -251,12 +255,14 @@ def _compare(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     with config_file(args.config) as path:
         cfg = load_config(path, args.overrides)
-    result = compare(cfg, range(args.seeds), args.out)
+    result = compare(cfg, range(args.seeds), args.out, variants=args.variants)
+    from betaweighter.experiment.compare import verdict
     from betaweighter.runtime import is_main
 
     if not is_main():
         return 0
     print(result.format())
+    print(verdict(result))
     print(f"files: {result.directory} (compare.json, compare.csv, compare.png, one run "
           "directory per variant and seed)")
     return 0

@@ -1,18 +1,25 @@
-"""``betaweighter compare``: does pruning pay? Three variants of one config, several seeds.
+"""``betaweighter compare``: does weighting pay? One config, its controls, several seeds.
 
 For every seed, on the same data and budget:
 
 * ``rotnet``: the pretext task alone (uniform weights, no pruning): the baseline;
 * ``bdw``: the config as given (learned weights with pruning);
-* ``random``: the same weights, but the instances pruned are drawn at random, exactly as
-  many per epoch as that seed's ``bdw`` run decided: the control that separates "pruning the
-  right images" from "pruning some images".
+* ``random``: the same run, but the instances pruned are drawn at random, exactly as many
+  per epoch as that seed's ``bdw`` run decided: "pruning the right images" against
+  "pruning some images";
+* ``nn``: the NN-Weighter (pixel distance to the nearest labelled target image, no
+  meta-gradient) pruning its own lowest-weight instances, as many per epoch as ``bdw``
+  did: the zero-cost baseline any meta-learned weighting must beat;
+* ``shuffled``: the ``bdw`` run with each batch's meta-gradients permuted across its
+  instances: weights that move as much, by noise alone. Pruning that this control matches
+  follows noise.
 
 The result is one table (mean and 95 % confidence interval over seeds, Student's t) of the
-final test accuracy, the training wall time, the images seen, the wall time each variant
-needs to reach the baseline's final validation accuracy, and, where the pool's domain is
-known, the AUROC of the mean weights and the in-domain share of what was pruned; plus one
-plot of validation accuracy against wall time and against images seen.
+test accuracy of the best and of the final epoch's model, the training wall time, the
+images seen, the wall time each variant needs to reach the baseline's final validation
+accuracy, and, where the pool's domain is known, the AUROC of the mean weights and the
+in-domain share of what was pruned; one plot of validation accuracy against wall time and
+against images seen; and a verdict in words (`verdict`).
 """
 
 from __future__ import annotations
@@ -35,13 +42,19 @@ from betaweighter.experiment.rundir import RunDir, create_run_dir
 from betaweighter.experiment.trainer import Trainer
 from betaweighter.io import atomic_write_text, write_json
 
-__all__ = ["VARIANTS", "CompareResult", "compare", "confidence_interval"]
+__all__ = ["CONTROLS", "VARIANTS", "CompareResult", "compare", "confidence_interval",
+           "verdict"]
 
-VARIANTS = ("rotnet", "bdw", "random")
+VARIANTS = ("rotnet", "bdw", "random", "nn", "shuffled")
+#: the variants that need the bdw run (its per-epoch counts, or its config)
+CONTROLS = ("random", "nn", "shuffled")
 LABELS = {"rotnet": "baseline (no weights, no pruning)", "bdw": "weights + pruning",
-          "random": "weights + random pruning (matched counts)"}
-METRICS = ("test_accuracy", "train_seconds", "images_seen", "seconds_to_baseline",
-           "auroc_in_domain", "pruned_in_domain_share", "kept_fraction")
+          "random": "weights + random pruning (matched counts)",
+          "nn": "NN-Weighter + pruning (matched counts)",
+          "shuffled": "shuffled meta-gradients + pruning"}
+METRICS = ("test_accuracy", "final_test_accuracy", "train_seconds", "images_seen",
+           "seconds_to_baseline", "auroc_in_domain", "pruned_in_domain_share",
+           "kept_fraction")
 
 
 def confidence_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
@@ -67,13 +80,15 @@ class CompareResult:
 
     def format(self) -> str:
         """The table as aligned text (mean +- half-width)."""
-        head = ["variant", "test acc (%)", "train time (s)", "images seen",
-                "time to baseline (s)", "AUROC in-domain", "in-domain share of pruned"]
+        head = ["variant", "test acc, best (%)", "test acc, final (%)", "train time (s)",
+                "time to baseline (s)", "kept", "AUROC in-domain", "in-domain share of pruned"]
         rows = [head]
         for r in self.table:
             rows.append([r["variant"], _fmt(r, "test_accuracy", 100, 1),
-                         _fmt(r, "train_seconds", 1, 0), _fmt(r, "images_seen", 1, 0),
+                         _fmt(r, "final_test_accuracy", 100, 1),
+                         _fmt(r, "train_seconds", 1, 0),
                          _fmt(r, "seconds_to_baseline", 1, 0) + _reached(r),
+                         _fmt(r, "kept_fraction", 1, 2),
                          _fmt(r, "auroc_in_domain", 1, 2),
                          _fmt(r, "pruned_in_domain_share", 1, 2)])
         widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
@@ -107,8 +122,8 @@ def compare(config: Config | str | Path, seeds: Sequence[int] = (0, 1, 2),
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or not variants:
         raise ConfigError(f"unknown compare variants {unknown}; choose from {VARIANTS}")
-    if "random" in variants and "bdw" not in variants:
-        raise ConfigError("the random-pruning control matches the bdw run's counts: include "
+    if set(CONTROLS) & set(variants) and "bdw" not in variants:
+        raise ConfigError("the random, nn and shuffled controls match the bdw run: include "
                           "the bdw variant")
     cfg = config if isinstance(config, Config) else load_config(config, list(overrides))
     if not cfg.pruning.enabled or cfg.pruning.rule == "random":
@@ -122,9 +137,15 @@ def compare(config: Config | str | Path, seeds: Sequence[int] = (0, 1, 2),
             extra = [f"experiment.seed={seed}", f"experiment.output_root={directory}",
                      f"experiment.name={variant}-s{seed}"]
             if variant == "rotnet":
-                extra += ["weights.method=rotnet", "pruning.enabled=false"]
+                extra += ["weights.method=rotnet", "weights.options={}",
+                          "pruning.enabled=false"]
             elif variant == "random":
                 extra += ["pruning.rule=random", f"pruning.control={counts}"]
+            elif variant == "nn":
+                extra += ["weights.method=nn", "weights.options={}", "pruning.rule=lowest",
+                          f"pruning.control={counts}"]
+            elif variant == "shuffled":
+                extra += ["meta.shuffle_meta_gradients=true"]
             run_cfg = load_config(base=cfg.to_dict(), overrides=extra)
             with Trainer.start(run_cfg) as trainer:
                 summary = trainer.run()
@@ -137,6 +158,40 @@ def compare(config: Config | str | Path, seeds: Sequence[int] = (0, 1, 2),
     _summarise(result)
     _write(result)
     return result
+
+
+def verdict(result: CompareResult) -> str:
+    """One sentence per question, in words: did the weighted run beat plain training and
+    each control (test accuracy of the final model, 95 % intervals over seeds), and at what
+    time cost. It says so when it did not."""
+    rows = {r["variant"]: r for r in result.table}
+    if "bdw" not in rows:
+        return "no weighted run to judge"
+    w = rows["bdw"]
+    lines = []
+    for other in ("rotnet", "random", "nn", "shuffled"):
+        if other in rows:
+            lines.append(f"against {LABELS[other]}: {_against(w, rows[other])}")
+    if "rotnet" in rows:
+        ratio = w["train_seconds"][0] / rows["rotnet"]["train_seconds"][0]
+        lines.append(f"time: {ratio:.2f}x the baseline's training time, "
+                     f"{w['kept_fraction'][0]:.0%} of the pool kept at the end")
+    return "verdict: weights + pruning " + "; ".join(lines)
+
+
+def _against(a: dict[str, Any], b: dict[str, Any], key: str = "final_test_accuracy") -> str:
+    (ma, ha), (mb, hb) = a[key], b[key]
+    if not (math.isfinite(ma) and math.isfinite(mb)):
+        return "not measured"
+    diff = f"{100 * ma:.1f} vs {100 * mb:.1f} % test accuracy"
+    if not (math.isfinite(ha) and math.isfinite(hb)):
+        word = "higher" if ma > mb else "lower" if ma < mb else "equal"
+        return f"{word} ({diff}; one seed, no interval: run --seeds 3 to judge)"
+    if ma - ha > mb + hb:
+        return f"better ({diff}, intervals apart)"
+    if ma + ha < mb - hb:
+        return f"WORSE ({diff}, intervals apart)"
+    return f"no clear difference ({diff}, intervals overlap)"
 
 
 def _curve(rows: list[dict[str, str]]) -> dict[str, list[float]]:

@@ -38,7 +38,7 @@ from betaweighter.pretext.augment import AUGMENTATIONS, PRESETS
 
 __all__ = ["METHODS", "Config", "ConfigError", "dump_config", "load_config", "parse_override"]
 
-METHODS = ("bdw", "dw", "l2rw", "nn", "weightnet", "heuristic", "random", "rotnet")
+METHODS = ("cluster", "bdw", "dw", "l2rw", "nn", "weightnet", "heuristic", "random", "rotnet")
 PRETEXTS = ("rotation", "rpn", "simclr", "moco", "byol", "simsiam")
 AUGMENT_PRESETS = tuple(PRESETS)
 
@@ -112,15 +112,20 @@ class MetaSection:
     way: int = field(default=10, metadata=_range(2))
     shot: int = field(default=10, metadata=_range(1))
     query: int = field(default=10, metadata=_range(1))
-    meta_gradient: Literal["auto", "forward", "finite_difference", "double_backward",
-                           "higher"] = "auto"
+    # one_sided: one extra no-grad forward against the training losses (the cheapest)
+    meta_gradient: Literal["auto", "forward", "finite_difference", "one_sided",
+                           "double_backward", "higher"] = "auto"
     every: int = field(default=1, metadata=_range(1))
     # fresh: each weight update uses its own episode's direction (the paper); running: a
     # moving average of the episodes' directions updates the weights of every batch
     direction: Literal["fresh", "running"] = "fresh"
     direction_decay: float = field(default=0.9, metadata=_range(0, 1, hi_open=True))
     inner_steps: int = field(default=1, metadata=_range(1))
+    # divide the weighted loss by the sum of the weights: weights then change which data
+    # teaches, not how fast the model learns, and their meta-gradients compete
     normalise: bool = False
+    # the shuffled control: meta-gradients permuted across each batch's instances
+    shuffle_meta_gradients: bool = False
     # The weight optimiser (betaweighter.WeightOptimizer): scale-free by default
     # (weight_normalise), so weight_lr is the movement per meta update of a typical signal.
     weight_optimizer: Literal["sgd", "adam"] = "sgd"
@@ -134,13 +139,19 @@ class MetaSection:
 @dataclass
 class PruningSection:
     enabled: bool = False
-    rule: Literal["cdf", "threshold", "quantile", "random"] = "cdf"
+    # budget: keep the fraction `keep`, chosen by the weights at the end of `score_epochs`
+    rule: Literal["cdf", "threshold", "quantile", "budget", "random", "lowest"] = "cdf"
     epsilon: float = field(default=0.1, metadata=_range(0, 1))
     delta: float = field(default=0.5, metadata=_range(0, 1, hi_open=True))
     quantile: float = field(default=0.1, metadata=_range(0, 1, hi_open=True))
-    # rule=random prunes as many as this rule would, chosen at random (the control); a list
-    # of per-epoch counts (e.g. copied from another run's metrics.csv) matches that run.
-    control: Literal["cdf", "threshold", "quantile"] | list[int] = "cdf"
+    keep: float = field(default=0.5, metadata=_range(0, 1, lo_open=True))
+    # after this many epochs, stop learning the weights and train plainly on what is kept
+    # (the budget rule decides then); null: learn them throughout
+    score_epochs: int | None = field(default=None, metadata=_range(1))
+    # rule=random (lowest) prunes as many as this rule would, chosen at random (the
+    # lowest-weight first): the controls; a list of per-epoch counts (e.g. copied from
+    # another run's metrics.csv) matches that run.
+    control: Literal["cdf", "threshold", "quantile", "budget"] | list[int] = "cdf"
     warmup: int = field(default=0, metadata=_range(0))
     every: int = field(default=1, metadata=_range(1))
     max_fraction: float = field(default=1.0, metadata=_range(0, 1))

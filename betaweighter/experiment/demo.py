@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from betaweighter.experiment.compare import CompareResult, compare
+from betaweighter.experiment.compare import CompareResult, compare, verdict
 from betaweighter.experiment.config import Config, load_config
 from betaweighter.experiment.shipped import config_file
 
@@ -28,5 +28,6 @@ def run_demo(out: str | Path = "runs", overrides: list[str] | None = None,
     """Run the demo comparison, print its table and return it."""
     result = compare(demo_config(overrides), range(seeds), out)
     print(result.format())
+    print(verdict(result))
     print(f"plots and runs: {result.directory}")
     return result

@@ -39,7 +39,10 @@ WEIGHT_CLASSES = {
     "bdw": "BetaWeights", "dw": "PointWeights", "rotnet": "UniformWeights", "l2rw": "L2RW",
     "nn": "NearestNeighbourWeights", "weightnet": "WeightNet",
     "heuristic": "LossHeuristicWeights", "random": "RandomWeights",
+    "cluster": "ClusterWeights",
 }
+#: methods with parameters learnt by the meta-gradient (or taking it, as L2RW does)
+META_METHODS = ("BetaWeights", "PointWeights", "WeightNet", "ClusterWeights", "L2RW")
 
 
 def checked_kwargs(fn: Callable, options: dict[str, Any], key: str,
@@ -167,6 +170,8 @@ def build_augment(cfg: Config, bundle: bwdata.DataBundle) -> Augment | None:
 def build_weights(cfg: Config, num_instances: int) -> InstanceWeights:
     cls = getattr(bw, WEIGHT_CLASSES[cfg.weights.method])
     kw = checked_kwargs(cls, cfg.weights.options, "weights.options", ("num_instances",))
+    if "seed" in inspect.signature(cls).parameters and "seed" not in kw:
+        kw["seed"] = cfg.experiment.seed  # seeded randomness follows the run's seed
     try:
         return cls(num_instances, **kw)
     except (TypeError, ValueError) as e:
@@ -221,8 +226,8 @@ def build_meta(cfg: Config, model: nn.Module, weights: InstanceWeights,
                             weight_optimizer=weight_optimizer, meta_gradient=m.meta_gradient,
                             every=m.every, direction=m.direction,
                             direction_decay=m.direction_decay, inner_steps=m.inner_steps,
-                            normalise=m.normalise,
-                            precision=cfg.train.precision, scaler=scaler)
+                            normalise=m.normalise, precision=cfg.train.precision,
+                            scaler=scaler, shuffle_meta_gradients=m.shuffle_meta_gradients)
     except (ValueError, TypeError, ImportError) as e:
         raise ConfigError(f"config section 'meta': {e}") from None
 
@@ -232,7 +237,8 @@ def build_pruner(cfg: Config, weights: InstanceWeights, in_domain: Any) -> Pruni
     try:
         return PruningScheduler(
             weights, p.rule, epsilon=p.epsilon, delta=p.delta, quantile=p.quantile,
-            control=p.control, warmup=p.warmup, every=p.every, max_fraction=p.max_fraction,
+            keep=p.keep, score_epochs=p.score_epochs, control=p.control, warmup=p.warmup,
+            every=p.every, max_fraction=p.max_fraction,
             soft=p.soft, skip_prob=p.skip_prob, total_epochs=cfg.train.epochs,
             anneal_epochs=p.anneal_epochs, seed=cfg.experiment.seed, in_domain=in_domain)
     except ValueError as e:
@@ -244,8 +250,7 @@ def _check_sync_batchnorm(cfg: Config, device: torch.device) -> None:
     if device.type != "cuda":
         raise ConfigError("config key 'train.sync_batchnorm': torch's SyncBatchNorm needs "
                           "CUDA devices; set it to false on the CPU")
-    learned = WEIGHT_CLASSES[cfg.weights.method] in ("BetaWeights", "PointWeights",
-                                                      "WeightNet", "L2RW")
+    learned = WEIGHT_CLASSES[cfg.weights.method] in META_METHODS
     if learned and cfg.meta.meta_gradient in ("auto", "forward"):
         raise ConfigError("config key 'train.sync_batchnorm': SyncBatchNorm has no "
                           "forward-mode derivative in torch, so the forward-mode "
@@ -297,7 +302,7 @@ def build(cfg: Config, splits: Any = None) -> Components:
     optimizer = build_optimizer(cfg, pretext)
     scheduler = build_scheduler(cfg, optimizer)
     weights = build_weights(cfg, len(bundle.pool)).to(device)
-    if callable(getattr(weights, "fit", None)):  # NN-Weighter: distances to the target set
+    if callable(getattr(weights, "fit", None)):  # NN-Weighter distances, clusters
         weights.fit(bundle.pool, bundle.target_train, pretext)
     scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
     target = (bundle.detection_target if cfg.meta.objective == "detection"

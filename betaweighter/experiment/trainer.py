@@ -289,6 +289,7 @@ class Trainer:
         parts: list[dict[str, float]] = p.get("parts", [])
         seen, seconds = p.get("seen", 0), p.get("seconds", 0.0)
         c.model.train()
+        c.meta.plain = c.pruner is not None and not c.pruner.scoring  # budget: scored
         batches = iter(loader)
         sampler.start = 0
         if self._pending_rng is not None:
@@ -367,7 +368,8 @@ class Trainer:
         c.scheduler.step()
         record = c.pruner.step() if c.pruner is not None else {}
         self.epoch += 1
-        c.weights.on_epoch_end(self.epoch, c.pretext)  # e.g. NN-Weighter's distance refresh
+        if c.pruner is None or c.pruner.scoring:  # a scored budget's weights are final
+            c.weights.on_epoch_end(self.epoch, c.pretext)  # NN distances, re-clustering
         mean_w = c.weights.mean().detach().float().cpu().numpy()
         self.histograms.append(np.histogram(mean_w, bins=plots.HIST_BINS)[0])
         val = self._validate() if self._evaluate_now() else math.nan
@@ -413,22 +415,30 @@ class Trainer:
         if not is_main():
             return None
         c, cfg = self.c, self.cfg
-        best = self.rundir.checkpoint_path("best")
-        if best.is_file():
-            model = self.rundir.state("best")["model"]
-            c.backbone.load_state_dict(model)
         e = cfg.evaluate
-        probe = linear_probe(c.backbone, c.bundle.target_train, c.bundle.target_val,
-                             c.bundle.test, batch_size=e.batch_size, device=c.device,
-                             max_iter=e.max_iter, c_values=e.final_c_grid)
+
+        def probe(grid: list[float] | None) -> dict[str, Any]:
+            return linear_probe(c.backbone, c.bundle.target_train, c.bundle.target_val,
+                                c.bundle.test, batch_size=e.batch_size, device=c.device,
+                                max_iter=e.max_iter, c_values=grid)
+
+        best = self.rundir.checkpoint_path("best")
+        final = None  # the last epoch's model (on the selection grid), unless it is the best
+        if best.is_file() and self.best_epoch != self.epoch:
+            final = probe(e.c_grid)
+            c.backbone.load_state_dict(self.rundir.state("best")["model"])
+        best_probe = probe(e.final_c_grid)
+        final = final or best_probe
         rows = self.metrics.rows
         summary = {
             "run": self.run_dir.name, "method": cfg.weights.method, "pretext": cfg.pretext.name,
             "pruning": cfg.pruning.rule if cfg.pruning.enabled else None,
             "dataset": c.bundle.name, "epochs": self.epoch, "best_epoch": self.best_epoch,
-            "best_val_accuracy": self.best_val, "test_accuracy": probe["top1"],
-            "test_mean_per_class_accuracy": probe["mean_per_class_accuracy"],
-            "probe_C": probe["C"], "calibration": probe["calibration"],
+            "best_val_accuracy": self.best_val, "test_accuracy": best_probe["top1"],
+            "final_test_accuracy": final["top1"],
+            "test_mean_per_class_accuracy": best_probe["mean_per_class_accuracy"],
+            "probe_C": best_probe["C"], "calibration": best_probe["calibration"],
+            "final_val_accuracy": rows[-1]["val_accuracy"] if rows else None,
             "kept_fraction": rows[-1]["kept_fraction"] if rows else 1.0,
             "pruned_in_domain_share": rows[-1].get("pruned_in_domain_share") if rows else None,
             "auroc_in_domain": rows[-1].get("auroc_in_domain") if rows else None,

@@ -168,8 +168,8 @@ def test_cli_run_end_to_end_by_shipped_name(tmp_path, capsys):
     assert not (tmp_path / "dry").exists()
 
 
-@pytest.mark.parametrize("method", ["dw", "l2rw", "nn", "weightnet", "heuristic", "random",
-                                    "rotnet"])
+@pytest.mark.parametrize("method", ["cluster", "dw", "l2rw", "nn", "weightnet", "heuristic",
+                                    "random", "rotnet"])
 def test_every_method_runs_from_one_config_key(method, tmp_path):
     with _start(tmp_path, f"weights.method={method}", "train.epochs=1",
                 "pruning.rule=threshold", f"experiment.name={method}") as trainer:
@@ -177,6 +177,36 @@ def test_every_method_runs_from_one_config_key(method, tmp_path):
     assert summary["method"] == method and summary["epochs"] == 1
     weights = list(csv.DictReader(open(tmp_path / method / "weights.csv")))
     assert len(weights) == 1802 and all(0.0 <= float(w["mean"]) <= 10.0 for w in weights)
+
+
+BUDGET = ["weights.method=cluster", "weights.options={clusters: 8}", "meta.normalise=true",
+          "meta.direction=running", "meta.every=2", "meta.meta_gradient=one_sided",
+          "pruning.rule=budget", "pruning.keep=0.4", "pruning.score_epochs=1",
+          "train.epochs=3"]
+
+
+def test_budget_mode_scores_prunes_once_then_trains_plainly_and_resumes_exactly(tmp_path):
+    with _start(tmp_path / "a", *BUDGET) as trainer:
+        summary = trainer.run()
+        steps_after = trainer.c.meta.meta_steps
+        run = trainer.run_dir
+    rows = _rows(run / "metrics.csv", drop=())
+    assert [float(r["kept_fraction"]) for r in rows] == [pytest.approx(0.4, abs=1e-3)] * 3
+    assert [int(r["decided"]) for r in rows] == [1802 - int(0.4 * 1802), 0, 0]
+    assert int(rows[1]["images_seen"]) - int(rows[0]["images_seen"]) == 3 * 16
+    assert rows[1]["meta_loss"] == "nan" and rows[0]["meta_loss"] != "nan"  # plain after
+    assert summary["kept_fraction"] == pytest.approx(0.4, abs=1e-3)
+    assert "final_test_accuracy" in summary and "final_val_accuracy" in summary
+    assert steps_after == 3  # the scoring epoch's 3 steps, none after
+    with _start(tmp_path / "b", *BUDGET) as trainer:  # killed after the pruning decision
+        assert trainer.run(stop_after=2) is None
+        other = trainer.run_dir
+    with Trainer.resume(other) as trainer:
+        resumed = trainer.run()
+        assert trainer.c.meta.plain
+    assert _rows(other / "metrics.csv") == _rows(run / "metrics.csv")
+    assert (other / "weights.csv").read_text() == (run / "weights.csv").read_text()
+    assert resumed["test_accuracy"] == summary["test_accuracy"]
 
 
 def test_a_run_that_cannot_start_leaves_no_directory(tmp_path, capsys):
