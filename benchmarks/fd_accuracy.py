@@ -10,6 +10,8 @@ percentile of the per-instance relative errors (instances whose exact meta-gradi
 noise over nothing).
 
     python benchmarks/fd_accuracy.py
+    python benchmarks/fd_accuracy.py --method one_sided   # one forward against the
+                                                          # training losses instead of two
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--factors", type=float, nargs="+",
                    default=[0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
+    p.add_argument("--method", default="finite_difference",
+                   choices=["finite_difference", "one_sided"])
     args = p.parse_args()
     # Large steps move the two passes' midpoint away from the training losses by O(h^2):
     # the library's reproducibility check is meant for its own step, not for this sweep.
@@ -59,7 +63,7 @@ def main() -> None:
                                    bw.PrototypicalLoss(5, 5, 5, seed=b).bind(data.target_train),
                                    weight_optimizer=bw.WeightOptimizer(lr=1.0, normalise=False),
                                    meta_gradient="forward" if method == "forward"
-                                   else "finite_difference", update_buffers=False)
+                                   else args.method, update_buffers=False)
             gradients.FD_STEP = 0.1 if method == "forward" else method
             torch.manual_seed(1000 + b)
             meta.backward(inputs, lambda o, y=labels: F.cross_entropy(o, y, reduction="none"),
@@ -75,8 +79,9 @@ def main() -> None:
         ref = np.concatenate([r[1] for r in results[c]])
         big = np.abs(ref) > 0.01 * np.abs(ref).max()
         per = np.abs(got - ref)[big] / np.abs(ref)[big]
-        print(json.dumps({"factor": c, "rel_error_norm": float(np.linalg.norm(got - ref)
-                                                               / np.linalg.norm(ref)),
+        print(json.dumps({"method": args.method, "factor": c,
+                          "rel_error_norm": float(np.linalg.norm(got - ref)
+                                                  / np.linalg.norm(ref)),
                           "per_instance_median": float(np.median(per)),
                           "per_instance_p95": float(np.quantile(per, 0.95))}), flush=True)
 

@@ -82,7 +82,8 @@ def train_on_label_noise(weights, seed: int = 0, epochs: int = 6, weight_optimiz
 TINY = [
     "model.width=8", "model.blocks=2", "meta.way=3", "meta.shot=2", "meta.query=2",
     "train.epochs=2", "train.milestones=[1]", "train.max_steps_per_epoch=3",
-    "train.batch_size=16", "evaluate.c_grid=[1.0]", "evaluate.max_iter=200",
+    "train.batch_size=16", "evaluate.c_grid=[1.0]", "evaluate.final_c_grid=[1.0]",
+    "evaluate.max_iter=200",
     "pruning.enabled=true", "pruning.rule=quantile", "pruning.quantile=0.1",
 ]
 
