@@ -19,6 +19,14 @@ photo patches) and the digits' share of what was pruned.
 
     python benchmarks/pruning_calibration.py
     python benchmarks/pruning_calibration.py --lrs 0.1 --directions running --epochs 10
+    python benchmarks/pruning_calibration.py --method cluster --data mixture \
+        --objectives noise proto --lrs 0.1 --directions running --epochs 5
+
+``--method cluster`` runs the default weighting instead: cluster weights (with the target
+prior unless ``--prior none``), the normalised loss, one-sided differences, and the budget
+rule keeping half the pool after ``--score-epochs``. The budget always prunes the same
+count, so the calibration question becomes what noise prunes: under ``noise`` the AUROC
+should stay where the prior put it or fall towards 0.5, never rise.
 """
 
 from __future__ import annotations
@@ -50,22 +58,32 @@ def noise_objective(seed: int):
 
 
 def run_case(data, objective_name: str, lr: float, direction: str, every: int, epochs: int,
-             seed: int) -> list[dict]:
+             seed: int, method: str = "bdw", prior: str = "target",
+             score_epochs: int = 2) -> list[dict]:
     torch.manual_seed(seed)
     model = build_model("convnet", num_classes=4, width=32, blocks=4)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    weights = bw.BetaWeights(len(data.pool))
     if objective_name == "noise":
         objective, target = noise_objective(seed), None
     else:
         objective, target = bw.PrototypicalLoss(5, 5, 5, seed=seed), data.target_train
+    cluster = method == "cluster"
+    if cluster:
+        weights = bw.ClusterWeights(len(data.pool), prior=prior, seed=seed)
+        weights.fit(data.pool, data.target_train, model)
+        pruner = bw.PruningScheduler(weights, "budget", keep=0.5, score_epochs=score_epochs,
+                                     seed=seed, in_domain=data.in_domain)
+    else:
+        weights = bw.BetaWeights(len(data.pool))
+        pruner = bw.PruningScheduler(weights, "cdf", epsilon=0.1, delta=0.5, seed=seed,
+                                     in_domain=data.in_domain)
     meta = bw.MetaWeighter(model, weights, opt, objective, target=target,
                            weight_optimizer=bw.WeightOptimizer(lr=lr), every=every,
-                           direction=direction)
-    pruner = bw.PruningScheduler(weights, "cdf", epsilon=0.1, delta=0.5, seed=seed,
-                                 in_domain=data.in_domain)
+                           direction=direction, normalise=cluster,
+                           meta_gradient="one_sided" if cluster else "auto")
     rows, start = [], time.perf_counter()
     for epoch in range(1, epochs + 1):
+        meta.plain = not pruner.scoring
         for x, idx in pruner.loader(data.pool, batch_size=32):
             inputs, labels = bw.rotate4(x)
             meta.backward(inputs, lambda out, y=labels: F.cross_entropy(out, y,
@@ -73,10 +91,13 @@ def run_case(data, objective_name: str, lr: float, direction: str, every: int, e
             opt.step()
             opt.zero_grad()
         record = pruner.step()
+        if cluster and pruner.scoring:
+            weights.on_epoch_end(epoch, model)
         mean = weights.mean().numpy()
         pruned = pruner.pruned
         rows.append({
-            "objective": objective_name, "lr": lr, "direction": direction, "every": every,
+            "method": method, "objective": objective_name, "lr": lr, "direction": direction,
+            "every": every,
             "epoch": epoch, "pruned_fraction": round(float(pruned.mean()), 4),
             "median_visits": float(meta.weight_optimizer.visits.double().median()),
             "auroc_in_domain": round(auroc(data.in_domain, mean), 3),
@@ -139,16 +160,21 @@ def main() -> None:
     p.add_argument("--every", type=int, default=4, help="episode cadence of 'running'")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", default="bdw", choices=["bdw", "cluster"])
+    p.add_argument("--prior", default="target", choices=["target", "none"])
+    p.add_argument("--score-epochs", type=int, default=2)
+    p.add_argument("--data", default="demo", choices=["demo", "mixture"])
     args = p.parse_args()
     torch.set_num_threads(1)
-    data = bw.data.demo(seed=args.seed)
+    data = getattr(bw.data, args.data)(seed=args.seed)
     for objective, lr, direction in itertools.product(args.objectives, args.lrs,
                                                       args.directions):
         every = 1 if direction == "fresh" else args.every
         if objective == "labelnoise":
             run_label_noise(lr, direction, every, args.epochs, args.seed)
         else:
-            run_case(data, objective, lr, direction, every, args.epochs, args.seed)
+            run_case(data, objective, lr, direction, every, args.epochs, args.seed,
+                     args.method, args.prior, args.score_epochs)
 
 
 if __name__ == "__main__":
