@@ -28,6 +28,13 @@ def test_custom_loop(capsys):
     assert "epoch 0: rotation loss" in capsys.readouterr().out
 
 
+def test_budget_loop_scores_prunes_to_half_and_keeps_mostly_shapes(capsys):
+    shapes = _load("budget_loop").main(epochs=2, score_epochs=1, shapes_per_class=60)
+    out = capsys.readouterr().out
+    assert "epoch 1 (scoring): kept 240 of 480" in out and "epoch 2 (plain)" in out
+    assert shapes > 0.5  # better than the pool's one-to-one mix
+
+
 @pytest.mark.filterwarnings("ignore:.*the official STL-10")
 def test_stl10_example(tmp_path, capsys):
     write_stl10(tmp_path)

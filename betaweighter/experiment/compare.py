@@ -154,7 +154,8 @@ def compare(config: Config | str | Path, seeds: Sequence[int] = (0, 1, 2),
             if variant == "bdw":
                 counts = [int(r["decided"] or 0) for r in rows]
             result.runs.setdefault(variant, []).append(
-                {"seed": seed, "run_dir": str(run_dir), "summary": summary, "curve": _curve(rows)})
+                {"seed": seed, "run_dir": str(run_dir), "summary": summary,
+                 "curve": _curve(rows, summary["train_seconds"])})
     _summarise(result)
     _write(result)
     return result
@@ -194,13 +195,17 @@ def _against(a: dict[str, Any], b: dict[str, Any], key: str = "final_test_accura
     return f"no clear difference ({diff}, intervals overlap)"
 
 
-def _curve(rows: list[dict[str, str]]) -> dict[str, list[float]]:
+def _curve(rows: list[dict[str, str]], total: float) -> dict[str, list[float]]:
+    """Per-epoch curves; the wall time starts with what training spent before its first
+    epoch (the weights' fit), so that the curve ends at the run's training time."""
     def num(r: dict[str, str], k: str) -> float:
         v = r.get(k)
         return float(v) if v not in (None, "") else math.nan
 
+    epochs = np.array([num(r, "epoch_seconds") for r in rows])
+    before = max(0.0, total - float(epochs.sum())) if math.isfinite(total) else 0.0
     return {"epoch": [num(r, "epoch") for r in rows],
-            "wall": np.cumsum([num(r, "epoch_seconds") for r in rows]).tolist(),
+            "wall": (before + np.cumsum(epochs)).tolist(),
             "images": [num(r, "images_seen") for r in rows],
             "val_accuracy": [num(r, "val_accuracy") for r in rows]}
 

@@ -4,6 +4,7 @@ optimisers, schedules, the meta objective, MetaWeighter and the pruning schedule
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -275,6 +276,7 @@ class Components:
     device: torch.device
     scaler: Any
     augment: Augment | None = None  # applied to each pool batch before pretext.batch
+    fit_seconds: float = 0.0  # the weights' one-off fit (NN distances, first clusters)
 
     @property
     def backbone(self) -> nn.Module:
@@ -302,12 +304,15 @@ def build(cfg: Config, splits: Any = None) -> Components:
     optimizer = build_optimizer(cfg, pretext)
     scheduler = build_scheduler(cfg, optimizer)
     weights = build_weights(cfg, len(bundle.pool)).to(device)
+    fit_seconds = 0.0
     if callable(getattr(weights, "fit", None)):  # NN-Weighter distances, clusters
+        start = time.perf_counter()
         weights.fit(bundle.pool, bundle.target_train, pretext)
+        fit_seconds = time.perf_counter() - start
     scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
     target = (bundle.detection_target if cfg.meta.objective == "detection"
               else bundle.target_train)
     meta = build_meta(cfg, model, weights, optimizer, target, scaler)
     pruner = build_pruner(cfg, weights, bundle.in_domain) if cfg.pruning.enabled else None
     return Components(bundle, pretext, model, model_config, optimizer, scheduler, weights, meta,
-                      pruner, device, scaler, build_augment(cfg, bundle))
+                      pruner, device, scaler, build_augment(cfg, bundle), fit_seconds)

@@ -102,6 +102,7 @@ class Trainer:
         run_dir = Path(broadcast_object(None if run_dir is None else str(run_dir)))
         try:
             trainer = cls(cfg, run_dir)
+            trainer.train_seconds = trainer.c.fit_seconds  # the weights' fit is training
         except BaseException:
             if is_main():
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -369,7 +370,11 @@ class Trainer:
         record = c.pruner.step() if c.pruner is not None else {}
         self.epoch += 1
         if c.pruner is None or c.pruner.scoring:  # a scored budget's weights are final
+            start = time.perf_counter()
             c.weights.on_epoch_end(self.epoch, c.pretext)  # NN distances, re-clustering
+            refit = time.perf_counter() - start  # part of the training's cost
+            seconds += refit
+            self.train_seconds += refit
         mean_w = c.weights.mean().detach().float().cpu().numpy()
         self.histograms.append(np.histogram(mean_w, bins=plots.HIST_BINS)[0])
         val = self._validate() if self._evaluate_now() else math.nan

@@ -72,8 +72,8 @@ class ClusterWeights(LearnedWeights):
         space: ``"feature"`` (the model's `features`) or ``"pixel"``; either way each
             instance's vector is L2-normalised before k-means (cosine geometry).
         refresh_every: re-cluster at the end of every this-many epochs (None: never).
-        prior: ``"none"`` (every cluster starts at the mean) or ``"target"`` (clusters
-            nearer the labelled target start higher; see `prior_scale`).
+        prior: ``"target"`` (clusters nearer the labelled target start higher; see
+            `prior_scale`) or ``"none"`` (every cluster starts at the mean).
         prior_scale: the starting logits are ``-prior_scale * z``, z the standardised mean
             distance of a cluster's members to their nearest target image.
         max_fit: k-means is fitted on at most this many instances (a seeded subsample),
@@ -95,7 +95,7 @@ class ClusterWeights(LearnedWeights):
         offset_scale: float = 0.0,
         space: str = "feature",
         refresh_every: int | None = 1,
-        prior: str = "none",
+        prior: str = "target",
         prior_scale: float = 1.0,
         max_fit: int = 20000,
         seed: int = 0,
