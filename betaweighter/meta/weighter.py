@@ -247,7 +247,12 @@ class MetaWeighter:
         """Replace ``loss.backward()``. `x` holds `copies` consecutive rows per indexed
         instance (e.g. its 4 rotations; ``"infer"`` takes len(x) / len(indices));
         ``per_sample_loss(model(x))`` must return one loss per row. Returns the weighted
-        loss, detached."""
+        loss, detached.
+
+        An index may appear more than once in a batch (an image drawn twice, a sampler's
+        padding): each occurrence is weighted and trained on as its own rows, and the
+        meta-gradients of the occurrences are summed into the instance's parameters, as
+        the chain rule says for one parameter used twice; it counts as one visit."""
         idx = self.weights._rows(torch.as_tensor(indices))
         n_rows = checks.batch_size(x)
         copies = checks.copies_per_instance(copies, n_rows, idx.numel())

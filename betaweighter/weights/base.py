@@ -64,6 +64,9 @@ class InstanceWeights(nn.Module):
         """Validate `indices` (or select all rows when None)."""
         if indices is None:
             return slice(None)
+        if isinstance(indices, Tensor) and indices.device.type == "meta":
+            raise ValueError("indices are on the 'meta' device, which holds no values: pass "
+                             "the batch's real indices (a CPU or GPU integer tensor)")
         indices = torch.as_tensor(indices, device=self.device)
         if indices.dim() != 1 or indices.dtype not in _INDEX_DTYPES:
             raise ValueError(f"indices must be a 1-D integer tensor, got shape "

@@ -54,7 +54,34 @@ def test_plain_is_an_ordinary_backward_of_the_mean_loss():
     opt.zero_grad()
     reference = F.cross_entropy(model(x), y)
     reference.backward()
-    assert float(loss) == pytest.approx(float(reference))
+    assert float(loss) == pytest.approx(float(reference.detach()))
     assert all(torch.allclose(g, p.grad) for g, p in zip(got, model.parameters()))
     assert torch.equal(weights.value, torch.full((N,), 0.5, dtype=torch.float64))
     assert meta.meta_steps == 0 and meta.episodes == 0 and meta.calls == 1
+
+
+def test_a_duplicate_index_sums_the_meta_gradients_of_its_occurrences():
+    """Instances 3 and 5 hold the same image: the batch [3, 5] gives each the same
+    meta-gradient, and the batch [3, 3] moves instance 3 by their sum."""
+    pool = images(N, seed=3)
+    pool[5] = pool[3]
+
+    def update(idx):
+        _, _, weights, meta = _meta()
+        x, y = bw.rotate4(pool[idx])
+        meta.backward(x, lambda out: F.cross_entropy(out, y, reduction="none"), idx)
+        return 0.5 - weights.value.detach(), meta
+
+    distinct, _ = update(torch.tensor([3, 5]))
+    duplicate, meta = update(torch.tensor([3, 3]))
+    assert float(distinct[3]) != 0 and torch.allclose(distinct[3], distinct[5])
+    assert torch.allclose(duplicate[3], distinct[3] + distinct[5], rtol=1e-9, atol=1e-12)
+    assert int(meta.weight_optimizer.visits[3]) == 1
+
+
+def test_indices_on_the_meta_device_are_refused_in_one_line():
+    *_, meta = _meta()
+    x, y = bw.rotate4(images(2, seed=3))
+    with pytest.raises(ValueError, match="'meta' device"):
+        meta.backward(x, lambda out: F.cross_entropy(out, y, reduction="none"),
+                      torch.tensor([0, 1], device="meta"))
