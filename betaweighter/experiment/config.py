@@ -89,8 +89,9 @@ class PretextSection:
               | list[Literal[AUGMENTATIONS]]) = "default"  # type: ignore[valid-type]
     # Keyword arguments of the pretext task's class (checked against its signature).
     options: dict = field(default_factory=dict)
-    # A checkpoint (or run directory) whose backbone the task starts from, e.g. a
-    # rotation-pretrained ResNet for pretext rpn; null: a randomly initialised model.
+    # A checkpoint (or run directory) whose backbone the task starts from (loaded
+    # strictly: its architecture must be `model`'s), e.g. a rotation-pretrained ResNet for
+    # pretext rpn; null: a randomly initialised model.
     init: str | None = field(default=None, metadata=PATH)
 
 

@@ -78,12 +78,33 @@ def build_data(cfg: Config, seed: int, splits: Any = None) -> bwdata.DataBundle:
     return bwdata.image_folders(d.pool_root, d.target_root, seed=seed, **kw)
 
 
-def _rotation(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, Any]]:
-    checked_kwargs(RotationPretext, options, "pretext.options", ("backbone",))
+def _backbone(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of `cfg.model` with the rotation head (4 outputs), started from the
+    checkpoint ``pretext.init`` when one is given: loaded strictly, so a checkpoint of
+    another architecture or width is refused rather than silently ignored."""
     model_config: dict[str, Any] = {"name": cfg.model.name, "num_classes": 4}
     if cfg.model.name == "convnet":
         model_config.update(width=cfg.model.width, blocks=cfg.model.blocks)
-    return RotationPretext(build_model(**model_config), **options), model_config
+    model = build_model(**model_config)
+    if cfg.pretext.init:
+        source = load_backbone(cfg.pretext.init, "cpu").state_dict()
+        want = model.state_dict()
+        bad = sorted({k for k in want if k not in source or source[k].shape != want[k].shape}
+                     | {k for k in source if k not in want})
+        if bad:
+            raise ConfigError(
+                f"config key 'pretext.init': the checkpoint {cfg.pretext.init} holds another "
+                f"network than model {model_config} ({len(bad)} tensors differ, e.g. "
+                f"{', '.join(bad[:3])}); set model.name, model.width and model.blocks to the "
+                "checkpoint's, or drop pretext.init")
+        model.load_state_dict(source, strict=True)
+    return model, model_config
+
+
+def _rotation(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, Any]]:
+    checked_kwargs(RotationPretext, options, "pretext.options", ("backbone",))
+    model, model_config = _backbone(cfg)
+    return RotationPretext(model, **options), model_config
 
 
 def _two_view(cls: type[TwoViewPretext]) -> Callable[[Config, dict[str, Any]],
@@ -101,11 +122,9 @@ def _two_view(cls: type[TwoViewPretext]) -> Callable[[Config, dict[str, Any]],
                               f"{augment!r}")
         checked_kwargs(simclr_view, augment, "pretext.options.augment",
                        ("image_size", "mean", "std", "normalised_input"))
-        model_config: dict[str, Any] = {"name": cfg.model.name, "num_classes": 4}
-        if cfg.model.name == "convnet":
-            model_config.update(width=cfg.model.width, blocks=cfg.model.blocks)
+        model, model_config = _backbone(cfg)
         try:
-            return cls(build_model(**model_config), **options), model_config
+            return cls(model, **options), model_config
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config section 'pretext.options' for {cfg.pretext.name!r}: "
                               f"{e}") from None

@@ -215,3 +215,20 @@ def test_a_run_that_cannot_start_leaves_no_directory(tmp_path, capsys):
     assert main(args) == 2
     assert "stl10_binary" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("pretext", ["rotation", "simclr"])
+def test_pretext_init_starts_from_the_checkpoint_or_refuses_another_width(
+        tmp_path, checkpoint_writer, pretext):
+    from betaweighter.experiment.factory import build
+
+    config = {"name": "convnet", "num_classes": 4, "width": 8, "blocks": 2}
+    good = checkpoint_writer(tmp_path / "good.pt", config, seed=5)
+    cfg = load_config(overrides=TINY + [f"pretext.init={good}", f"pretext.name={pretext}"])
+    backbone = build(cfg).backbone
+    saved = torch.load(good, weights_only=True)["model"]
+    assert all(torch.equal(backbone.state_dict()[k].cpu(), v) for k, v in saved.items())
+    wide = checkpoint_writer(tmp_path / "wide.pt", {**config, "width": 16})
+    cfg = load_config(overrides=TINY + [f"pretext.init={wide}", f"pretext.name={pretext}"])
+    with pytest.raises(ConfigError, match="'pretext.init'.*another network"):
+        build(cfg)
