@@ -6,8 +6,10 @@ numbers classes by the sorted folder names *of each root*, so a test folder that
 class silently shifts every later label. Here the class list comes from the training root
 and is imposed on the others: a class folder in val/test that train lacks is an error, a
 training class without images is an error, and a val/test class without images is counted
-in the report. Preprocessing follows arXiv:2011.13377: resize of the shorter side and
-centre crop for evaluation, random-resized crop and flip for fine-tuning.
+in the report. One image file (through a link or a hard link) in two of the splits is an
+error, as is a broken image: every image is checked while the splits are built.
+Preprocessing follows arXiv:2011.13377: resize of the shorter side and centre crop for
+evaluation, random-resized crop and flip for fine-tuning.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import ConcatDataset
 
+from betaweighter.data.scan import check_disjoint
 from betaweighter.data.sources.folders import FolderRaw
 from betaweighter.data.splits import stratified_split
 from betaweighter.data.transforms import (
@@ -69,6 +72,7 @@ def labelled_folder_splits(train: Path, test: Path, val: Path | None = None, *,
                   "trainval_augmented": ConcatDataset([Transformed(raw_train, aug),
                                                        Transformed(raw_val, aug)])}
     splits["test"] = Transformed(raw_test, ev)
+    _disjoint({"train": raw_train, "test": raw_test, **({} if val is None else {"val": raw_val})})
     report: dict[str, Any] = {"classes": len(classes), "val_from_train": val is None}
     for name in ("train", "val", "test"):
         labels = np.asarray(splits[name].targets)
@@ -89,11 +93,19 @@ def pooled_folders(roots: Sequence[Path], *, image_size: int = 224, resize: int 
     """One dataset over several roots (the few-shot pool: the paper uses all splits of a
     dataset), labelled by the sorted union of their class folders."""
     unique = list(dict.fromkeys(str(r) for r in roots))
-    classes = sorted({c for r in unique for c in FolderRaw(r).classes})
+    classes = sorted({c for r in unique for c in FolderRaw(r, check=False).classes})
     ev = eval_transform(resize or image_size, image_size, mean, std, interpolation)
-    parts = [Transformed(FolderRaw(r, classes=classes), ev) for r in unique]
+    raws = {r: FolderRaw(r, classes=classes) for r in unique}
+    _disjoint(raws)  # one image twice could be its own query in an episode
+    parts = [Transformed(raw, ev) for raw in raws.values()]
     if len(parts) == 1:
         return parts[0], classes
     pooled = ConcatDataset(parts)
     pooled.targets = np.concatenate([p.targets for p in parts])  # labels without decoding
     return pooled, classes
+
+
+def _disjoint(raws: dict[str, FolderRaw]) -> None:
+    """Refuse an image file that is in two of the folders `raws`."""
+    check_disjoint({k: [str(p) for p in r.files] for k, r in raws.items()},
+                   {k: r.ids for k, r in raws.items()}, what="folders")
