@@ -7,14 +7,20 @@ and come back as arrays (`from_plain`). The keys ``model`` (a backbone's state d
 ``model_config`` (the keyword arguments of `betaweighter.models.build_model`) and
 ``data_config`` (image size and normalisation the backbone was trained with) are the
 contract the evaluators rely on; a run checkpoint adds everything ``--resume`` needs.
+
+``torch.load`` does not check the archive's CRCs, so a flipped bit in a tensor would load
+silently as a wrong weight; `read_checkpoint` checks every member's CRC first and calls a
+damaged or truncated file that, never "not a checkpoint" or "holds Python objects".
 """
 
 from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 import random
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +75,9 @@ def read_checkpoint(path: str | Path, require: tuple[str, ...] = ()) -> dict[str
     """The dict stored in checkpoint file `path`, on the CPU, with NumPy arrays restored.
 
     Raises `CheckpointError` naming the file when it is missing, is not a torch archive
-    (random bytes, text, a truncated copy), holds pickled objects a safe load refuses, or
-    lacks one of the keys in `require`.
+    (random bytes, text), is damaged (a member fails its CRC check, a truncated copy, an
+    unreadable pickle), holds pickled objects a safe load refuses, or lacks one of the keys
+    in `require`.
     """
     path = Path(path)
     if path.is_dir():
@@ -79,11 +86,18 @@ def read_checkpoint(path: str | Path, require: tuple[str, ...] = ()) -> dict[str
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):
+        if _starts_as_zip(path):
+            raise CheckpointError(f"checkpoint {path} is truncated (a torch.save archive whose "
+                                  f"end is missing); {RESTORE}")
         raise CheckpointError(f"checkpoint {path} is not a torch checkpoint (not a torch.save "
                               "archive): it is truncated or another kind of file")
+    _check_archive(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if not _pickle_is_whole(path):  # torch's message would blame a "global", or advise
+            raise CheckpointError(f"checkpoint {path} is damaged: its pickle (data.pkl) "
+                                  f"does not parse; {RESTORE}") from None
         if "weights_only" in str(err).lower():
             raise CheckpointError(
                 f"checkpoint {path} holds Python objects other than tensors and plain "
@@ -104,9 +118,46 @@ def read_checkpoint(path: str | Path, require: tuple[str, ...] = ()) -> dict[str
     return from_plain(obj)
 
 
+RESTORE = "restore it from a copy or start a new run"
+
+
 def _corrupt(path: Path, err: BaseException) -> str:
-    return (f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); the file is "
-            "damaged: restore it from a copy")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return (f"checkpoint {path} is damaged: it cannot be read ({type(err).__name__}: "
+            f"{first}); {RESTORE}")
+
+
+def _starts_as_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _check_archive(path: Path) -> None:
+    """Every member of the archive against its CRC: one `CheckpointError` naming the first
+    damaged member."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError,
+            NotImplementedError) as err:
+        raise CheckpointError(f"checkpoint {path} is damaged: its archive cannot be read "
+                              f"({type(err).__name__}: {err}); {RESTORE}") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is damaged: member {bad} fails its CRC "
+                              f"check; {RESTORE}")
+
+
+def _pickle_is_whole(path: Path) -> bool:
+    """True when the archive's pickle parses to its end (so a refusal is about what it
+    holds, not about damage). Only parsed, never run."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+            for _ in pickletools.genops(archive.read(name)):
+                pass
+    except Exception:  # whatever stops the parse (ValueError, struct.error...): damaged
+        return False
+    return True
 
 
 def resolve_checkpoint(path_or_run_dir: str | Path, which: str | None = None) -> Path:

@@ -103,3 +103,55 @@ def test_rng_state_survives_a_checkpoint(tmp_path):
     again = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002
     torch.testing.assert_close(expected[0], again[0])
     assert np.array_equal(expected[1], again[1]) and expected[2] == again[2]
+
+
+def _member_data_offset(path, suffix: str) -> tuple[int, int]:
+    """(offset, size) in the file of the stored bytes of the archive member ending with
+    `suffix` (torch stores members uncompressed)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(suffix))
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+    return info.header_offset + 30 + name_len + extra_len, info.compress_size
+
+
+def test_one_flipped_bit_in_a_tensor_is_caught_naming_the_member(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", {"model": {"w": torch.randn(256)}})
+    offset, size = _member_data_offset(path, "data/0")
+    data = bytearray(path.read_bytes())
+    data[offset + size // 2] ^= 0x04  # torch.load alone would return a wrong weight
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"c\.pt is damaged: member .*data/0 fails its "
+                                              "CRC check; restore it from a copy or start a "
+                                              "new run") as info:
+        read_checkpoint(path)
+    assert "Python objects" not in str(info.value) and "\n" not in str(info.value)
+
+
+def _rewrite_pickle(src, dst, change) -> None:
+    """A copy of archive `src` whose data.pkl is `change(data.pkl)`, with valid CRCs."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            zout.writestr(info, change(data) if info.filename.endswith("data.pkl") else data)
+
+
+def test_a_damaged_pickle_is_damaged_not_python_objects(tmp_path):
+    save_checkpoint(tmp_path / "c.pt", {"t": torch.randn(10)})
+    _rewrite_pickle(tmp_path / "c.pt", tmp_path / "cut.pt", lambda d: d[: len(d) // 2])
+    with pytest.raises(CheckpointError, match=r"cut\.pt is damaged.*start a new run") as info:
+        read_checkpoint(tmp_path / "cut.pt")
+    assert "Python objects" not in str(info.value) and "weights_only" not in str(info.value)
+
+
+def test_a_truncated_checkpoint_says_truncated(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", {"t": torch.randn(1000)})
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(CheckpointError, match=r"c\.pt is truncated.*restore it from a copy"):
+        read_checkpoint(path)
