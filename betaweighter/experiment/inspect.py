@@ -1,8 +1,14 @@
-"""Read a run's per-instance weights from its files, without building its data."""
+"""Read a run's per-instance weights from its files, without building its data.
+
+What the weights separate comes from metrics.csv: the trainer writes the AUROC of the mean
+weights for in-domain against out-of-domain instances (and per kind) each epoch where the
+pool's domain is known, so the verdict reads the row of the checkpoint's epoch.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,7 +18,7 @@ from betaweighter.experiment.diagnostics import verdict, weights_table
 from betaweighter.experiment.factory import build_weights
 from betaweighter.experiment.rundir import RunDir
 
-__all__ = ["read_weights"]
+__all__ = ["epoch_row", "read_weights"]
 
 
 def read_weights(run_dir: str | Path, which: str = "last") -> tuple[str, str]:
@@ -35,5 +41,19 @@ def read_weights(run_dir: str | Path, which: str = "last") -> tuple[str, str]:
               else np.zeros(n, bool))
     optimizer = (state.get("meta") or {}).get("weight_optimizer")
     visits = torch.as_tensor(optimizer["visits"]) if optimizer else None
+    try:  # the weights stand without metrics.csv; only the verdict's second half needs it
+        row = epoch_row(run.metrics(), int(state["epoch"]))
+    except CheckpointError:
+        row = None
     return (weights_table(weights, pruned),
-            verdict(weights, visits, cfg.pruning.epsilon, cfg.pruning.delta))
+            verdict(weights, visits, cfg.pruning.epsilon, cfg.pruning.delta, row))
+
+
+def epoch_row(rows: list[dict[str, str]], epoch: int) -> dict[str, Any] | None:
+    """The metrics.csv row of `epoch` (the checkpoint's last finished epoch); None when
+    there is none (before the first epoch ends): another epoch's row would describe other
+    weights."""
+    for row in reversed(rows):
+        if row.get("epoch", "").strip() == str(epoch):
+            return row
+    return None
