@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir")
 
     weights = sub.add_parser("weights", help="per-instance mean, std and pruned flag as CSV, "
-                                             "and a verdict on how far the weights separated")
+                                             "and a verdict on what the weights separate")
     weights.add_argument("run_dir")
     weights.add_argument("-o", "--output", help="file to write (default: standard output)")
 

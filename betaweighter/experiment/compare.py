@@ -94,6 +94,17 @@ class CompareResult:
         widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
+        kinds = [r for r in self.table if r.get("by_kind")]
+        if kinds:  # the pool's kinds are known: what each variant separates and prunes
+            lines.append("by kind (mean over seeds): AUROC in-domain vs each kind; share of "
+                         "each kind pruned")
+            for r in kinds:
+                parts = [f"{k.split('_', 1)[1]} {v[0]:.2f}" for k, v in r["by_kind"].items()
+                         if k.startswith("auroc_") and math.isfinite(v[0])]
+                pruned = [f"{k.split('_', 1)[1]} {v[0]:.0%}" for k, v in r["by_kind"].items()
+                          if k.startswith("pruned_") and math.isfinite(v[0])]
+                lines.append(f"  {r['variant']}: AUROC " + (", ".join(parts) or "-")
+                             + "; pruned " + (", ".join(pruned) or "-"))
         return "\n".join(lines)
 
 
@@ -195,6 +206,13 @@ def _against(a: dict[str, Any], b: dict[str, Any], key: str = "final_test_accura
     return f"no clear difference ({diff}, intervals overlap)"
 
 
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _curve(rows: list[dict[str, str]], total: float) -> dict[str, list[float]]:
     """Per-epoch curves; the wall time starts with what training spent before its first
     epoch (the weights' fit), so that the curve ends at the run's training time."""
@@ -232,6 +250,10 @@ def _summarise(result: CompareResult) -> None:
         row: dict[str, Any] = {"variant": variant, "label": LABELS[variant],
                                "baseline_val_accuracy": goal}
         row.update({k: confidence_interval(v) for k, v in values.items()})
+        names = dict.fromkeys(k for run in runs for k in (run["summary"].get("by_kind") or {}))
+        row["by_kind"] = {k: confidence_interval([_number((run["summary"].get("by_kind") or {})
+                                                          .get(k)) for run in runs])
+                          for k in names}
         reached = sum(math.isfinite(v) for v in values["seconds_to_baseline"])
         row["reached_baseline"] = (reached, len(runs))
         result.table.append(row)
@@ -251,8 +273,14 @@ def _write(result: CompareResult) -> None:
 
 
 def _plot(result: CompareResult, path: Path) -> None:
-    fig = Figure(figsize=(11, 4.2))
-    axes = fig.subplots(1, 2, sharey=True)
+    kinds = sorted({k for r in result.table for k in r.get("by_kind", {})
+                    if k.startswith("pruned_")})
+    fig = Figure(figsize=(16 if kinds else 11, 4.2))
+    axes = fig.subplots(1, 3 if kinds else 2)
+    if kinds:
+        _plot_kinds(axes[2], result, kinds)
+        axes = axes[:2]
+        axes[1].sharey(axes[0])
     for variant, runs in result.runs.items():
         acc = np.array([r["curve"]["val_accuracy"] for r in runs], np.float64)
         mean = np.nanmean(acc, axis=0)
@@ -270,3 +298,17 @@ def _plot(result: CompareResult, path: Path) -> None:
     fig.suptitle(f"mean and 95% CI over {len(result.seeds)} seed(s)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _plot_kinds(ax: Any, result: CompareResult, kinds: list[str]) -> None:
+    """Share of each kind of the pool pruned, per variant (mean over seeds)."""
+    rows = [r for r in result.table if r.get("by_kind")]
+    width = 0.8 / max(1, len(rows))
+    for i, r in enumerate(rows):
+        values = [r["by_kind"].get(k, (math.nan, math.nan))[0] for k in kinds]
+        ax.bar(np.arange(len(kinds)) + i * width, np.nan_to_num(values), width,
+               label=r["variant"])
+    ax.set_xticks(np.arange(len(kinds)) + width * (len(rows) - 1) / 2,
+                  [k.split("_", 1)[1] for k in kinds], rotation=30, fontsize=8)
+    ax.set_ylabel("share of the kind pruned")
+    ax.legend(fontsize=7)

@@ -383,7 +383,8 @@ class Trainer:
             "epoch": self.epoch, "train_loss": _mean(losses), "meta_loss": _mean(meta_losses),
             "mean_weight": float(mean_w.mean()),
             **diagnostics.weight_diagnostics(c.weights, c.meta, cfg.pruning.epsilon,
-                                             cfg.pruning.delta, c.bundle.in_domain, c.pruner),
+                                             cfg.pruning.delta, c.bundle.in_domain, c.pruner,
+                                             kinds=c.bundle.info.get("kinds")),
             "val_accuracy": val, "kept_fraction": record.get("kept_fraction", kept),
             "pruned": record.get("pruned", 0), "decided": record.get("decided_count", 0),
             "pruned_in_domain": record.get("pruned_in_domain"), "epoch_seconds": seconds,
@@ -447,6 +448,9 @@ class Trainer:
             "kept_fraction": rows[-1]["kept_fraction"] if rows else 1.0,
             "pruned_in_domain_share": rows[-1].get("pruned_in_domain_share") if rows else None,
             "auroc_in_domain": rows[-1].get("auroc_in_domain") if rows else None,
+            "by_kind": {k: v for k, v in (rows[-1] if rows else {}).items()
+                        if k.startswith(("auroc_", "pruned_")) and k not in (
+                            "auroc_in_domain", "pruned_in_domain", "pruned_in_domain_share")},
             "train_seconds": self.train_seconds, "images_seen": self.images_seen,
         }
         write_report(self.rundir, summary, c.weights, c.pruner, c.bundle)

@@ -65,17 +65,23 @@ class ClusterWeights(LearnedWeights):
 
     Args:
         num_instances: size of the unlabelled pool.
-        clusters: number of k-means clusters K (at most the pool size).
+        clusters: number of k-means clusters K (a pool smaller than K gets one cluster per
+            instance).
         init: the mean weight over the pool, held fixed (in (0, 1)).
         offset_scale: s, the scale of the per-instance offsets (0: none; 1: as free as the
-            cluster logits). Offsets hear one meta-gradient per visit, so they are noisy.
+            cluster logits). An offset hears one meta-gradient per visit, which is mostly
+            noise, and moves s^2 as far as a cluster logit for the same signal: the default
+            0.3 lets offsets carry the target prior's within-cluster ranking (each
+            instance's own distance to the target) while the clusters learn.
         space: ``"feature"`` (the model's `features`) or ``"pixel"``; either way each
             instance's vector is L2-normalised before k-means (cosine geometry).
         refresh_every: re-cluster at the end of every this-many epochs (None: never).
         prior: ``"target"`` (clusters nearer the labelled target start higher; see
             `prior_scale`) or ``"none"`` (every cluster starts at the mean).
-        prior_scale: the starting logits are ``-prior_scale * z``, z the standardised mean
-            distance of a cluster's members to their nearest target image.
+        prior_scale: the starting logits are ``-prior_scale * z``: without offsets, z is the
+            standardised mean distance of a cluster's members to their nearest target
+            image; with offsets, each instance starts from its own standardised distance
+            (the cluster logit from its members' mean, the offset from the rest).
         max_fit: k-means is fitted on at most this many instances (a seeded subsample),
             then every instance is assigned to its nearest centre.
         seed: seeds k-means (with the epoch), so a resumed run re-clusters identically.
@@ -90,9 +96,9 @@ class ClusterWeights(LearnedWeights):
     def __init__(
         self,
         num_instances: int,
-        clusters: int = 32,
+        clusters: int = 64,
         init: float = 0.5,
-        offset_scale: float = 0.0,
+        offset_scale: float = 0.3,
         space: str = "feature",
         refresh_every: int | None = 1,
         prior: str = "target",
@@ -104,7 +110,7 @@ class ClusterWeights(LearnedWeights):
         super().__init__(num_instances)
         checks = {
             "clusters": not isinstance(clusters, bool) and int(clusters) == clusters
-            and 1 <= clusters <= num_instances,
+            and clusters >= 1,
             "init": 0.0 < init < 1.0,
             "offset_scale": 0.0 <= offset_scale < math.inf,
             "prior_scale": 0.0 <= prior_scale < math.inf,
@@ -114,8 +120,8 @@ class ClusterWeights(LearnedWeights):
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid {bad}: need 1 <= clusters <= num_instances "
-                             f"({num_instances}), 0 < init < 1, offset_scale and prior_scale "
+            raise ValueError(f"invalid {bad}: need an integer clusters >= 1, 0 < init < 1, "
+                             "offset_scale and prior_scale "
                              "finite and >= 0, max_fit, chunk_size, refresh_every >= 1, "
                              "seed >= 0")
         if space not in SPACES:
@@ -209,13 +215,17 @@ class ClusterWeights(LearnedWeights):
         sums = torch.zeros(self.clusters, dtype=torch.float64, device=self.device)
         sums.index_add_(0, new, old_logit)
         values = torch.where(counts > 0, sums / counts.clamp_min(1), sums.new_zeros(()))
+        offsets = None
         if first and self.prior == "target":
             targets = _unit(embed_all(target, model, self.space, self.chunk_size,
                                       "clusters target", self.device))
-            values = self._prior(features, targets, new, counts)
+            values, offsets = self._prior(features, targets, new, counts)
         # rank 0's clusters and values on every rank: the weights stay bitwise identical
-        new, values = broadcast_object((new.cpu(), values.cpu()))
+        new, values, offsets = broadcast_object(
+            (new.cpu(), values.cpu(), None if offsets is None else offsets.cpu()))
         new, values = new.to(self.device), values.to(self.device)
+        if offsets is not None:
+            self.offset.copy_(offsets.to(self.offset))
         self.assignment.copy_(new)
         self.logit.copy_(values.to(self.logit))
         self.fitted.fill_(True)
@@ -234,17 +244,27 @@ class ClusterWeights(LearnedWeights):
         return km.predict(x).astype(np.int64)
 
     def _prior(self, features: Tensor, targets: Tensor, assignment: Tensor,
-               counts: Tensor) -> Tensor:
+               counts: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Starting cluster logits, -prior_scale * z with z the standardised distance of an
+        instance to its nearest target averaged over the cluster; with offsets, each
+        instance's offset starts at its own deviation from that mean (so the starting
+        weight follows the instance's own distance, and the meta-gradient moves whole
+        clusters from there)."""
         nearest = torch.cat([torch.cdist(chunk, targets.to(chunk)).min(dim=1).values
                              for chunk in features.split(self.chunk_size)]).double()
+        z = (nearest - nearest.mean()) / nearest.std().clamp_min(1e-12) \
+            if nearest.numel() > 1 else nearest * 0
+        score = -self.prior_scale * z
         sums = torch.zeros(self.clusters, dtype=torch.float64, device=self.device)
-        sums.index_add_(0, assignment, nearest)
-        used = counts > 0
-        d = sums[used] / counts[used]
-        z = (d - d.mean()) / d.std().clamp_min(1e-12) if d.numel() > 1 else d * 0
-        values = torch.zeros(self.clusters, dtype=torch.float64, device=self.device)
-        values[used] = -self.prior_scale * z
-        return values
+        sums.index_add_(0, assignment, score)
+        values = torch.where(counts > 0, sums / counts.clamp_min(1), sums.new_zeros(()))
+        if not self.offset_scale:  # the clusters' means, standardised over the clusters
+            used = counts > 0
+            m = values[used]
+            values[used] = self.prior_scale * (m - m.mean()) / m.std().clamp_min(1e-12) \
+                if m.numel() > 1 else m * 0
+            return values, None
+        return values, (score - values[assignment]) / self.offset_scale
 
     def cluster_sizes(self) -> Tensor:
         """Members per cluster."""

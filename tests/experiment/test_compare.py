@@ -53,6 +53,7 @@ def test_compare_runs_every_variant_with_matched_counts(tmp_path, capsys):
 def test_nn_and_shuffled_controls_match_the_weighted_run(tmp_path):
     cfg = load_config(overrides=TINY + [
         "train.epochs=2", "experiment.name=budget", "weights.method=cluster",
+        "data.name=mixture", "data.options={shapes_per_class: 24}",
         "weights.options={clusters: 4}", "meta.normalise=true", "pruning.rule=budget",
         "pruning.keep=0.6", "pruning.score_epochs=1"])
     result = compare(cfg, seeds=[0], out=tmp_path)
@@ -70,6 +71,9 @@ def test_nn_and_shuffled_controls_match_the_weighted_run(tmp_path):
     for label in ("baseline", "random pruning", "NN-Weighter", "shuffled", "time:"):
         assert label in text
     assert "one seed" in text  # no interval, and it says so
+    kinds = result.table[1]["by_kind"]  # the mixture's kinds: what was pruned, per kind
+    assert {"auroc_digits", "pruned_shapes", "pruned_noise"} <= set(kinds)
+    assert "by kind" in result.format() and "AUROC digits" in result.format()
     assert result.table[1]["final_test_accuracy"][0] == \
         result.runs["bdw"][0]["summary"]["final_test_accuracy"]
 

@@ -34,6 +34,7 @@ def _blobs(n=60, seed=0):
 
 def _fitted(clusters=3, **kw):
     kw.setdefault("prior", "none")  # every cluster starts at the mean
+    kw.setdefault("offset_scale", 0.0)  # the cluster logits alone
     x, kind, target = _blobs()
     w = bw.ClusterWeights(len(x), clusters=clusters, space="pixel", **kw).double()
     return w.fit(x, target), x, kind, target
@@ -196,7 +197,14 @@ def test_feature_space_uses_the_model_features():
         bw.ClusterWeights(20, clusters=4).fit(pool, labelled(8, 2))
 
 
-@pytest.mark.parametrize("kw", [{"clusters": 0}, {"clusters": 13}, {"init": 0.0},
+def test_a_pool_smaller_than_the_clusters_gets_one_cluster_per_instance():
+    x, _, target = _blobs(n=6)
+    w = bw.ClusterWeights(6, clusters=64, space="pixel").double().fit(x, target)
+    assert len(set(w.assignment.tolist())) == 6
+    assert float(w.mean().mean()) == pytest.approx(0.5, abs=1e-9)
+
+
+@pytest.mark.parametrize("kw", [{"clusters": 0}, {"init": 0.0},
                                 {"init": 1.0}, {"offset_scale": -1.0}, {"space": "x"},
                                 {"prior": "x"}, {"refresh_every": 0}, {"clusters": 2.5}])
 def test_bad_arguments_are_refused(kw):
@@ -207,3 +215,18 @@ def test_bad_arguments_are_refused(kw):
 def test_unfitted_weights_say_how_to_fit():
     with pytest.raises(RuntimeError, match="call fit"):
         bw.ClusterWeights(N, clusters=2).recluster()
+
+
+def test_with_offsets_the_target_prior_starts_each_instance_from_its_own_distance():
+    x, kind, target = _blobs()
+    w = bw.ClusterWeights(len(x), clusters=3, space="pixel", offset_scale=0.5,
+                          prior="target").double().fit(x, target)
+    unit = x / x.norm(dim=1, keepdim=True)
+    t = target.tensors[0] / target.tensors[0].norm(dim=1, keepdim=True)
+    d = torch.cdist(unit, t).min(dim=1).values
+    logits = w.logits()
+    near = kind == 0
+    # within the target's blob, closer instances start higher (a rank correlation of -1)
+    order_d = d[near].argsort()
+    assert torch.equal(logits[near][order_d].argsort(descending=True), torch.arange(20))
+    assert float(w.mean().mean()) == pytest.approx(0.5, abs=1e-9)
