@@ -195,6 +195,10 @@ def _separation(row: Mapping[str, Any]) -> str | None:
                  if math.isfinite(value)]
         if parts:
             text += f" (pruned so far: {', '.join(parts)})"
+        kept = _number(row.get("kept_fraction"))
+        if math.isfinite(kept) and kept < 1:  # what the matched random control would do
+            text += (f"; random pruning of as many would take {100 * (1 - kept):.0f}% of "
+                     "every kind")
     elif "pruned_in_domain_share" in row:
         text += "; nothing pruned"
     return text

@@ -93,8 +93,10 @@ def test_a_known_domain_says_what_the_weights_separate():
     w = _weights(SPREAD, concentration=200.0)
     row = {"epoch": "3", "auroc_in_domain": "0.91", "auroc_noise": "0.99", "auroc_web": "0.62",
            "pruned_in_domain_share": "0.05", "pruned_in_domain": "1", "pruned": "20",
-           "pruned_noise": "0.8", "pruned_web": "0.1", "pruned_shapes": "0.01"}
+           "pruned_noise": "0.8", "pruned_web": "0.1", "pruned_shapes": "0.01",
+           "kept_fraction": "0.7"}
     text = verdict(w, torch.full((100,), 7.0), 0.1, 0.5, row)
+    assert "random pruning of as many would take 30% of every kind" in text
     assert "they separate in-domain from out-of-domain data: in-domain vs out-of-domain " \
            "AUROC 0.91 (per kind: noise 0.99, web 0.62)" in text
     assert "5% of what was pruned is in-domain" in text
