@@ -25,19 +25,19 @@ from betaweighter import __version__
 from betaweighter.checkpoint import all_rng_states, rng_state, save_checkpoint, set_rng_state
 from betaweighter.errors import CheckpointError, ConfigError, NonFiniteLossError
 from betaweighter.evaluate.features import extract_features
-from betaweighter.evaluate.linear import linear_probe, select_c
+from betaweighter.evaluate.linear import select_c
 from betaweighter.experiment import diagnostics, plots
+from betaweighter.experiment.components_state import components_state, load_components
 from betaweighter.experiment.config import Config, dump_config
 from betaweighter.experiment.factory import Components, build
+from betaweighter.experiment.finish import finish_run
 from betaweighter.experiment.interrupt import Interrupted, any_rank, stop_on_sigint
 from betaweighter.experiment.metrics import MetricsLog
-from betaweighter.experiment.report import write_report
 from betaweighter.experiment.resume import (
     RESUME_OVERRIDES,
     apply_resume_overrides,
     check_moved_data,
     fixed_part,
-    rescale_learning_rate,
 )
 from betaweighter.experiment.rundir import RunDir, create_run_dir
 from betaweighter.io import atomic_write_text, write_json
@@ -169,17 +169,8 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        c = self.c
-        extra = {k: v for k, v in c.pretext.state_dict().items()
-                 if not k.startswith("backbone.")}
         return {
-            "model": c.backbone.state_dict(), "model_config": c.model_config,
-            "data_config": self.data_config, "pretext": extra,
-            "optimizer": c.optimizer.state_dict(), "scheduler": c.scheduler.state_dict(),
-            "scaler": None if c.scaler is None else c.scaler.state_dict(),
-            "num_instances": c.weights.num_instances,
-            "weights": c.weights.state_dict(), "meta": c.meta.state_dict(),
-            "pruner": None if c.pruner is None else c.pruner.state_dict(),
+            **components_state(self.c, self.data_config),
             "epoch": self.epoch, "epoch_step": self.epoch_step, "step": self.step,
             "partial": dict(self._partial), "images_seen": self.images_seen,
             "train_seconds": self.train_seconds, "best_val": self.best_val,
@@ -187,27 +178,10 @@ class Trainer:
             "histograms": [h.tolist() for h in self.histograms],
             "metrics": list(self.metrics.rows) if self.metrics else [],
             "config": self.cfg.to_dict(), "rng": rng_state(), "rng_ranks": all_rng_states(),
-            **c.pretext.checkpoint_entries(),
         }
 
     def _load(self, s: dict[str, Any], which: str) -> None:
-        c, path = self.c, self.rundir.checkpoint_path(which)
-        try:
-            backbone = {f"backbone.{k}": v for k, v in s["model"].items()}
-            c.pretext.load_state_dict({**backbone, **s.get("pretext", {})})
-            c.optimizer.load_state_dict(s["optimizer"])
-            c.scheduler.load_state_dict(s["scheduler"])
-            if c.scaler is not None and s.get("scaler"):
-                c.scaler.load_state_dict(s["scaler"])
-            c.weights.load_state_dict(s["weights"])
-            c.meta.load_state_dict(s["meta"])
-            if c.pruner is not None:  # a run extended by more epochs has a longer schedule
-                c.pruner.load_state_dict(s["pruner"], ("total_epochs", "anneal_epochs"))
-        except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            raise CheckpointError(f"checkpoint {path} does not match this run's model or "
-                                  f"weights ({str(e).splitlines()[0]}); start a new run"
-                                  ) from None
-        rescale_learning_rate(c.optimizer, c.scheduler, self.cfg.train.lr)
+        load_components(self.c, s, self.rundir.checkpoint_path(which), self.cfg.train.lr)
         self.epoch, self.epoch_step, self.step = s["epoch"], s["epoch_step"], s["step"]
         self._partial = dict(s.get("partial") or {})
         self.images_seen, self.train_seconds = s["images_seen"], s["train_seconds"]
@@ -420,41 +394,7 @@ class Trainer:
         """Test accuracy of the best model, summary.json, weights.csv and the plots."""
         if not is_main():
             return None
-        c, cfg = self.c, self.cfg
-        e = cfg.evaluate
-
-        def probe(grid: list[float] | None) -> dict[str, Any]:
-            return linear_probe(c.backbone, c.bundle.target_train, c.bundle.target_val,
-                                c.bundle.test, batch_size=e.batch_size, device=c.device,
-                                max_iter=e.max_iter, c_values=grid)
-
-        best = self.rundir.checkpoint_path("best")
-        final = None  # the last epoch's model (on the selection grid), unless it is the best
-        if best.is_file() and self.best_epoch != self.epoch:
-            final = probe(e.c_grid)
-            c.backbone.load_state_dict(self.rundir.state("best")["model"])
-        best_probe = probe(e.final_c_grid)
-        final = final or best_probe
-        rows = self.metrics.rows
-        summary = {
-            "run": self.run_dir.name, "method": cfg.weights.method, "pretext": cfg.pretext.name,
-            "pruning": cfg.pruning.rule if cfg.pruning.enabled else None,
-            "dataset": c.bundle.name, "epochs": self.epoch, "best_epoch": self.best_epoch,
-            "best_val_accuracy": self.best_val, "test_accuracy": best_probe["top1"],
-            "final_test_accuracy": final["top1"],
-            "test_mean_per_class_accuracy": best_probe["mean_per_class_accuracy"],
-            "probe_C": best_probe["C"], "calibration": best_probe["calibration"],
-            "final_val_accuracy": rows[-1]["val_accuracy"] if rows else None,
-            "kept_fraction": rows[-1]["kept_fraction"] if rows else 1.0,
-            "pruned_in_domain_share": rows[-1].get("pruned_in_domain_share") if rows else None,
-            "auroc_in_domain": rows[-1].get("auroc_in_domain") if rows else None,
-            "by_kind": {k: v for k, v in (rows[-1] if rows else {}).items()
-                        if k.startswith(("auroc_", "pruned_")) and k not in (
-                            "auroc_in_domain", "pruned_in_domain", "pruned_in_domain_share")},
-            "train_seconds": self.train_seconds, "images_seen": self.images_seen,
-        }
-        write_report(self.rundir, summary, c.weights, c.pruner, c.bundle)
-        return summary
+        return finish_run(self)
 
 
 def _mean(values: list[float]) -> float:

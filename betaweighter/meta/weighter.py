@@ -31,6 +31,8 @@ from betaweighter.meta import checks, gradients
 from betaweighter.meta import distributed as dist
 from betaweighter.meta.objectives import MetaObjective
 from betaweighter.meta.replay import RandomState
+from betaweighter.meta.running import RunningDirection
+from betaweighter.meta.settings import DIRECTIONAL, check_combination
 from betaweighter.meta.virtual_step import VirtualOptimizer
 from betaweighter.runtime import world
 from betaweighter.weights.base import InstanceWeights, LearnedWeights, WeightRule
@@ -40,8 +42,6 @@ __all__ = ["DIRECTIONS", "META_GRADIENTS", "PRECISIONS", "MetaWeighter"]
 
 META_GRADIENTS = ("auto", "forward", "finite_difference", "one_sided", "double_backward",
                   "higher")
-#: the meta-gradients that take the directional derivative along v (running direction)
-DIRECTIONAL = ("forward", "finite_difference", "one_sided")
 DIRECTIONS = ("fresh", "running")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -130,8 +130,6 @@ class MetaWeighter:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-        if not 0.0 <= direction_decay < 1.0:
-            raise ValueError(f"direction_decay must be in [0, 1), got {direction_decay}")
         for name, value in (("every", every), ("inner_steps", inner_steps)):
             if isinstance(value, bool) or int(value) != value or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -143,15 +141,14 @@ class MetaWeighter:
         self.needs_meta = self.learned or weights.needs_meta_gradient
         self.every, self.inner_steps = int(every), int(inner_steps)
         self.direction, self.direction_decay = direction, float(direction_decay)
-        self._running: dict[str, Tensor] | None = None  # sum of decayed directions
-        self._running_weight = 0.0  # its total weight (bias correction)
+        self.running = RunningDirection(direction_decay)
         self.normalise, self.update_buffers = bool(normalise), bool(update_buffers)
         self.precision, self.scaler = precision, scaler
         self.shuffle_meta_gradients = bool(shuffle_meta_gradients)
         self.plain = False
         self.meta_gradient = self._method(meta_gradient)
         self.vopt = VirtualOptimizer(optimizer, dict(self.module.named_parameters()))
-        self._check_combination(objective, weight_optimizer)
+        check_combination(self, objective, weight_optimizer)
         if target is not None:
             if not hasattr(objective, "bind"):
                 raise TypeError("target= was given but the objective is a plain callable "
@@ -182,64 +179,6 @@ class MetaWeighter:
             raise ValueError(f"meta_gradient={requested!r} is exact for one virtual step "
                              f"only; inner_steps={self.inner_steps} needs 'double_backward'")
         return requested
-
-    def _check_combination(self, objective: Any, weight_optimizer: Any) -> None:
-        method, ddp = self.meta_gradient, dist.is_ddp(self.model)
-        if self.needs_meta and not callable(objective):
-            raise TypeError("objective must be callable: objective(lookahead_model) -> scalar "
-                            f"(needed by {type(self.weights).__name__})")
-        if weight_optimizer is not None and not self.learned:
-            raise ValueError(f"{type(self.weights).__name__} is a per-step rule with nothing "
-                             "to optimise: drop weight_optimizer=")
-        if weight_optimizer is not None and not isinstance(weight_optimizer, WeightOptimizer):
-            raise TypeError("weight_optimizer must be a betaweighter.WeightOptimizer, got "
-                            f"{type(weight_optimizer).__name__}")
-        if isinstance(self.weights, WeightRule) and self.weights.needs_meta_gradient:
-            if self.every != 1:
-                raise ValueError(f"{type(self.weights).__name__} computes each batch's weights "
-                                 "from that batch's meta-gradient, so it needs every=1")
-            if self.normalise:
-                raise ValueError(f"{type(self.weights).__name__} perturbs the weights around "
-                                 "w = 0, where a loss normalised by the sum of the weights is "
-                                 "0 / 0: use normalise=False")
-        if method == "higher":
-            try:
-                import higher  # noqa: F401
-            except ImportError:
-                raise ImportError("meta_gradient='higher' needs the higher package: pip "
-                                  "install 'betaweighter[higher]'") from None
-            if self.vopt.kind != "sgd":
-                raise ValueError(
-                    "meta_gradient='higher' reproduces torch.optim.SGD only: higher's Adam "
-                    "adds eps to sqrt(v) before the bias correction, where torch adds it "
-                    "after (about 30x the eps at the first step), and higher has no AdamW or "
-                    f"RMSprop. Use 'forward' or 'double_backward' with {self.vopt.kind}.")
-        if self.direction == "running":
-            if method not in DIRECTIONAL:
-                raise ValueError("direction='running' averages the meta direction v, which "
-                                 "only the forward-mode and finite-difference meta-gradients "
-                                 f"use; meta_gradient={method!r} needs direction='fresh'")
-            if not self.learned and self.needs_meta:
-                raise ValueError(f"{type(self.weights).__name__} takes each batch's own "
-                                 "meta-gradient: use direction='fresh'")
-        if method in ("double_backward", "higher"):
-            if ddp:
-                raise ValueError(f"meta_gradient={method!r} is single-process: DDP does not "
-                                 "reduce higher-order gradients. Use 'forward' (exact for one "
-                                 "step of any elementwise optimiser) or 'finite_difference'")
-            if self.precision != "fp32":
-                raise ValueError(f"meta_gradient={method!r} runs in full precision only (a "
-                                 "double backward in fp16 can give NaN); use precision='fp32' "
-                                 "or meta_gradient='forward'")
-        if method == "one_sided" and self.precision != "fp32":
-            raise ValueError("meta_gradient='one_sided' differences against the training "
-                             "forward's losses, which a low-precision forward rounds: use "
-                             "precision='fp32', or meta_gradient='forward' (exact in bf16 "
-                             "and fp16)")
-        if self.precision == "fp16" and self.scaler is None:
-            raise ValueError("precision='fp16' needs a GradScaler: pass "
-                             "scaler=torch.amp.GradScaler() and call scaler.step(optimizer); "
-                             "scaler.update() instead of optimizer.step()")
 
     # -- the training step -----------------------------------------------------------------
     def backward(self, x: Any, per_sample_loss: Callable[[Any], Tensor], indices: Any,
@@ -383,35 +322,22 @@ class MetaWeighter:
         names = [n for n in self.vopt.tensors if n in grads]
         state = self.vopt.initial_state()
         meta = torch.full((), math.nan)
-        if episode or self._running is None:
+        if episode or self.running.empty:
             stepped, _ = self.vopt.step(theta, {n: grads[n] for n in names}, state)
             with self._autocast():
                 v, meta = gradients.meta_direction(self.module, stepped, names, self.objective)
             meta = meta.float().clone()
             dist.average_([*v.values(), meta])
             if self.direction == "running":
-                v = self._update_running(v)
+                v = self.running.update(v)
         else:
-            v = self._running_direction(names)
+            v = self.running.get(names)
         tangent = gradients.virtual_tangent(self.vopt, theta, grads, state, v)
         d = gradients.directional(batch, theta, tangent,
                                   finite_difference=method != "forward",
                                   one_sided=method == "one_sided")
         w_rows = w.detach().to(d.dtype).repeat_interleave(batch.copies)
         return gradients.per_instance(gradients.per_row(batch, d, w_rows), batch.copies), meta
-
-    def _update_running(self, v: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Fold a fresh direction into the running average; return the average."""
-        beta = self.direction_decay
-        if self._running is None:
-            self._running = {n: torch.zeros_like(t) for n, t in v.items()}
-        for n, t in v.items():
-            self._running[n].mul_(beta).add_(t, alpha=1 - beta)
-        self._running_weight = beta * self._running_weight + (1 - beta)
-        return self._running_direction(list(v))
-
-    def _running_direction(self, names: list[str]) -> dict[str, Tensor]:
-        return {n: self._running[n] / self._running_weight for n in names if n in self._running}
 
     def _autocast(self) -> Any:
         dtype = PRECISIONS[self.precision]
@@ -434,9 +360,7 @@ class MetaWeighter:
             else self.weight_optimizer.state_dict(),
             "objective": self.objective.state_dict()
             if hasattr(self.objective, "state_dict") else None,
-            "running_direction": None if self._running is None else
-            {"sum": {n: t.clone() for n, t in self._running.items()},
-             "weight": self._running_weight},
+            "running_direction": self.running.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -448,8 +372,5 @@ class MetaWeighter:
             self.weight_optimizer.load_state_dict(state["weight_optimizer"])
         if state.get("objective") is not None and hasattr(self.objective, "load_state_dict"):
             self.objective.load_state_dict(state["objective"])
-        running = state.get("running_direction")
-        if running is not None:
-            params = dict(self.module.named_parameters())
-            self._running = {n: t.to(params[n]) for n, t in running["sum"].items()}
-            self._running_weight = float(running["weight"])
+        self.running.load_state_dict(state.get("running_direction"),
+                                     dict(self.module.named_parameters()))
