@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.autograd import forward_ad as fwAD
-from torch.func import functional_call, jvp
+from torch.func import functional_call
 
 from betaweighter.meta.lookahead import LookaheadModel
 from betaweighter.meta.replay import RandomState
@@ -101,14 +101,17 @@ def virtual_tangent(vopt: VirtualOptimizer, theta: Params, grads: Params, state:
     """J v, with J = d theta'/d g the (diagonal) Jacobian of the virtual step at the actual
     gradient, by one forward-mode product through the step's elementwise arithmetic."""
     names = list(v)
-
-    def stepped(g: Params) -> Params:
-        out, _ = vopt.step(theta, g, state)
-        return {n: out[n] for n in names}
-
-    with warnings.catch_warnings():
+    # Dual tensors rather than torch.func.jvp: the same forward-mode product, without
+    # functorch's per-op decompositions (which made this a third of a running-direction
+    # step's time on the CPU).
+    with fwAD.dual_level(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
-        _, jv = jvp(stepped, ({n: grads[n] for n in names},), (v,))
+        dual = {n: fwAD.make_dual(grads[n], v[n].to(grads[n].dtype)) for n in names}
+        out, _ = vopt.step(theta, dual, state)
+        jv = {}
+        for n in names:
+            tangent = fwAD.unpack_dual(out[n]).tangent
+            jv[n] = torch.zeros_like(v[n]) if tangent is None else tangent.clone()
     return jv
 
 
