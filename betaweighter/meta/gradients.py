@@ -100,6 +100,9 @@ def virtual_tangent(vopt: VirtualOptimizer, theta: Params, grads: Params, state:
                     v: Params) -> Params:
     """J v, with J = d theta'/d g the (diagonal) Jacobian of the virtual step at the actual
     gradient, by one forward-mode product through the step's elementwise arithmetic."""
+    linear = vopt.linear_tangent(state, {n: v[n] for n in v if n in grads})
+    if linear is not None:  # SGD: J is a scalar per parameter
+        return {n: linear.get(n, torch.zeros_like(t)) for n, t in v.items()}
     names = list(v)
     # Dual tensors rather than torch.func.jvp: the same forward-mode product, without
     # functorch's per-op decompositions (which made this a third of a running-direction

@@ -161,6 +161,30 @@ class VirtualOptimizer:
             out[name] = {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in s.items()}
         return out
 
+    def linear_tangent(self, state: State, v: dict[str, Tensor]) -> dict[str, Tensor] | None:
+        """J v without forward-mode AD where the step is linear in the gradient (SGD:
+        theta' = theta - lr * c * g + terms free of g, with c = 1 + momentum * (1 -
+        dampening) under Nesterov once a buffer exists, and so on), so J = -lr * c * I per
+        parameter; None for the other optimisers (their step is not linear in g)."""
+        if self.kind != "sgd":
+            return None
+        groups = self.groups
+        out = {}
+        for name, t in v.items():
+            group = groups.get(name)
+            if group is None:
+                continue
+            mom = group["momentum"]
+            c = 1.0
+            if mom != 0:
+                has_buffer = state.get(name, {}).get("momentum_buffer") is not None
+                c_buf = (1 - group["dampening"]) if has_buffer else 1.0
+                c = 1.0 + mom * c_buf if group["nesterov"] else c_buf
+            if group.get("maximize", False):
+                c = -c
+            out[name] = t * (-_value(group["lr"]) * c)
+        return out
+
     def step(self, params: dict[str, Tensor], grads: dict[str, Tensor | None],
              state: State) -> tuple[dict[str, Tensor], State]:
         """One differentiable step. Parameters not in the optimiser, or without a gradient,

@@ -128,3 +128,37 @@ def test_the_step_reads_the_optimizers_current_groups_after_load_state_dict():
     new, _ = vopt.step(params, g, vopt.initial_state())
     name = next(iter(params))
     torch.testing.assert_close(params[name] - new[name], torch.full_like(new[name], 0.02))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"lr": 0.1}, {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3},
+    {"lr": 0.1, "momentum": 0.9, "nesterov": True},
+    {"lr": 0.05, "momentum": 0.8, "dampening": 0.3, "maximize": True}])
+@pytest.mark.parametrize("with_buffer", [False, True])
+def test_sgd_linear_tangent_equals_forward_mode_through_the_step(kwargs, with_buffer):
+    """The SGD fast path (J a scalar per parameter) against dual tensors through the
+    differentiable step."""
+    from torch.autograd import forward_ad as fwAD
+
+    from betaweighter.meta.virtual_step import VirtualOptimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2).double()
+    opt = torch.optim.SGD(model.parameters(), **kwargs)
+    if with_buffer:
+        model(torch.randn(4, 3, dtype=torch.float64)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    vopt = VirtualOptimizer(opt, dict(model.named_parameters()))
+    theta = {n: p.detach() for n, p in model.named_parameters()}
+    grads = {n: torch.randn_like(p) for n, p in theta.items()}
+    v = {n: torch.randn_like(p) for n, p in theta.items()}
+    state = vopt.initial_state()
+    fast = vopt.linear_tangent(state, v)
+    with fwAD.dual_level():
+        out, _ = vopt.step(theta, {n: fwAD.make_dual(grads[n], v[n]) for n in v}, state)
+        slow = {n: fwAD.unpack_dual(out[n]).tangent for n in v}
+    for n in v:
+        torch.testing.assert_close(fast[n], slow[n], rtol=1e-12, atol=1e-15)
+    assert VirtualOptimizer(torch.optim.Adam(model.parameters()),
+                            dict(model.named_parameters())).linear_tangent(state, v) is None
