@@ -78,8 +78,12 @@ def train_on_label_noise(weights, seed: int = 0, epochs: int = 6, weight_optimiz
     return weights.mean().detach(), flipped
 
 
-# A tiny demo-set run for the experiment tests (seconds, not minutes).
+# A tiny demo-set run for the experiment tests (seconds, not minutes). It pins the data,
+# the method and the schedule, so that it means the same on top of the shipped `demo`
+# config (the mixture pool and the cluster weighting) as on the defaults.
 TINY = [
+    "data.name=demo", "data.options={}", "weights.method=bdw", "weights.options={}",
+    "pruning.score_epochs=null",
     "model.width=8", "model.blocks=2", "meta.way=3", "meta.shot=2", "meta.query=2",
     "train.epochs=2", "train.milestones=[1]", "train.max_steps_per_epoch=3",
     "train.batch_size=16", "evaluate.c_grid=[1.0]", "evaluate.final_c_grid=[1.0]",

@@ -160,7 +160,7 @@ def test_cli_run_end_to_end_by_shipped_name(tmp_path, capsys):
         args += ["--set", item]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "run cli finished: 1 epochs of cluster on mixture" in out and "test accuracy" in out
+    assert "run cli finished: 1 epochs of bdw on demo" in out and "test accuracy" in out
     assert (tmp_path / "cli" / "summary.json").is_file()
     assert main(["run", "demo", "--dry-run", "--out", str(tmp_path / "dry")]) == 0
     captured = capsys.readouterr()
