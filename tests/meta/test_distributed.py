@@ -10,15 +10,12 @@ per-shard weighted losses (BatchNorm statistics per shard, as under DDP).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import launch_two_ranks
 from torch.func import functional_call
 
 import betaweighter as bw
@@ -71,22 +68,7 @@ def setup():
 
 
 def _launch(tmp_path: Path, meta_gradient: str) -> list[dict]:
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(TESTS / "meta"), str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "store"),
-                               str(TESTS / "meta"), meta_gradient], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for r in range(2)]
-    try:
-        results = [p.communicate(timeout=180) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (_, err) in zip(procs, results):
-        assert p.returncode == 0, err[-3000:]
-    return [json.loads(out.strip().splitlines()[-1]) for out, _ in results]
+    return launch_two_ranks(WORKER, tmp_path, str(TESTS / "meta"), meta_gradient)
 
 
 def _reference_first_step() -> torch.Tensor:

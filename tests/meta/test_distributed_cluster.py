@@ -5,13 +5,10 @@ shuffled control keep the weights bitwise identical on both ranks, re-clustering
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import launch_two_ranks
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -54,22 +51,7 @@ raise SystemExit("finish_distributed returned under gloo")
 
 @pytest.mark.parametrize("mode", ["real", "shuffle"])
 def test_cluster_weights_are_bitwise_identical_across_ranks(tmp_path, mode):
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "store"),
-                               str(TESTS), mode], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for r in range(2)]
-    try:
-        results = [p.communicate(timeout=180) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (_, err) in zip(procs, results):
-        assert p.returncode == 0, err[-3000:]
-    a, b = (json.loads(out.strip().splitlines()[-1]) for out, _ in results)
+    a, b = launch_two_ranks(WORKER, tmp_path, str(TESTS), mode)
     assert a == b  # bitwise: every step, and the clusters after re-clustering
     first, last = a["weights"][0], a["weights"][-2]
     assert first != [0.5] * 12 and last != first  # the weights did move
