@@ -39,14 +39,18 @@ def shipped_configs() -> list[tuple[str, str]]:
 
 def config_file(name_or_path: str) -> AbstractContextManager[Path]:
     """A context manager giving the path of a config: an existing file as given, else a
-    shipped config by name (``demo``, ``stl10/bdw``, with or without ``.yaml``)."""
+    shipped config by name (``demo``, ``stl10/bdw``, with or without ``.yaml``). A folder
+    of the same name (say, the ``demo`` output of an earlier run) does not hide a shipped
+    config; a file does."""
     path = Path(name_or_path).expanduser()
-    if path.exists():
+    if path.is_file():
         return _Given(path)
     name = name_or_path[:-5] if name_or_path.endswith(".yaml") else name_or_path
     for shipped, item in _walk(_root()):
         if shipped == name:
             return as_file(item)
+    if path.exists():  # a folder, or something else that is not a config: say so
+        return _Given(path)
     raise ConfigError(f"config file {name_or_path!r} does not exist, and no shipped config "
                       "has that name (see `betaweighter configs`)")
 

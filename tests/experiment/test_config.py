@@ -146,3 +146,12 @@ def test_sync_batchnorm_is_refused_where_it_cannot_work():
         pytest.skip("the CPU refusal is what this machine can check")
     with pytest.raises(ConfigError, match="needs CUDA"):
         build(load_config(overrides=TINY + ["train.sync_batchnorm=true"]))
+
+
+def test_a_folder_named_like_a_shipped_config_does_not_hide_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()  # e.g. the output of `betaweighter demo --out demo`
+    assert load_config("demo").experiment.name == "demo"
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config("mine")
