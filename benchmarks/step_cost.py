@@ -75,27 +75,29 @@ def method_cases() -> list[dict]:
 def default_cases(paper: bool) -> list[dict]:
     """The default weighting (cluster weights, normalised loss, running direction, an
     episode every 4 steps) with each meta-gradient, and the budget's plain phase."""
-    b, episode = (32, (10, 10, 10)) if paper else (8, (5, 5, 5))
-    models = [("resnet18", 84)] if paper else [("convnet", 32), ("resnet18", 84)]
     out = []
-    for model, size in models:
-        base = {"model": model, "size": size, "batch": b, "episode": episode,
-                "optimizer": "sgd", "dropout": False, "precision": "fp32",
-                "method": "cluster", "normalise": True, "every": 4, "direction": "running"}
+    for base in _bases(paper):
+        base = {**base, "method": "cluster", "normalise": True, "every": 4,
+                "direction": "running"}
         for method in ("forward", "one_sided"):
             out.append({**base, "meta_gradient": method})
         out.append({**base, "meta_gradient": "one_sided", "plain": True})
     return out
 
 
-def cases(paper: bool, precisions: list[str]) -> list[dict]:
+def _bases(paper: bool) -> list[dict]:
+    """One base case per model: the paper's shapes, or the CPU-sized ones."""
     b, episode = (32, (10, 10, 10)) if paper else (8, (5, 5, 5))
     models = [("resnet18", 84)] if paper else [("convnet", 32), ("resnet18", 84)]
+    return [{"model": model, "size": size, "batch": b, "episode": episode,
+             "optimizer": "sgd", "dropout": False, "precision": "fp32",
+             "meta_gradient": "forward", "every": 1, "direction": "fresh"}
+            for model, size in models]
+
+
+def cases(paper: bool, precisions: list[str]) -> list[dict]:
     out = []
-    for model, size in models:
-        base = {"model": model, "size": size, "batch": b, "episode": episode,
-                "optimizer": "sgd", "dropout": False, "precision": "fp32",
-                "meta_gradient": "forward", "every": 1, "direction": "fresh"}
+    for base in _bases(paper):
         for precision in precisions:
             for every in (1, 4):
                 out.append({**base, "precision": precision, "every": every})
