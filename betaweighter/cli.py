@@ -95,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
                     metavar="KEY=VALUE", help="override a config key, e.g. "
                                               "--set evaluate.fewshot.way=10")
     ev.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: GPU if present)")
+    _checkpoint_format_options(ev)
 
     inv = sub.add_parser("invariance", help="how invariant a checkpoint's features are to "
                                             "synthetic transformations (invariance.csv and "
@@ -106,7 +107,20 @@ def _parser() -> argparse.ArgumentParser:
                      metavar="KEY=VALUE", help="override a config key, e.g. "
                                                "--set evaluate.invariance.protocol=paper")
     inv.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: GPU if present)")
+    _checkpoint_format_options(inv)
     return p
+
+
+def _checkpoint_format_options(command: argparse.ArgumentParser) -> None:
+    from betaweighter.published import ALIASES, FORMATS
+
+    command.add_argument("--format", default="auto", metavar="FORMAT",
+                         choices=[*FORMATS, *ALIASES],
+                         help="the checkpoint's key layout: auto (detected from the keys), "
+                              + ", ".join(FORMATS[1:]) + " (default: auto)")
+    command.add_argument("--arch", help="the architecture, where the file does not say: a "
+                                        "torchvision ResNet name, or a timm model name with "
+                                        "--format timm")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,10 +323,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.config:
         with config_file(args.config) as path:
             payload = evaluate_checkpoint(checkpoints, args.task, path, args.overrides,
-                                          device=args.device, fuse_mode=args.fuse_mode)
+                                          device=args.device, fuse_mode=args.fuse_mode,
+                                          format=args.format, arch=args.arch)
     else:
         payload = evaluate_checkpoint(checkpoints, args.task, None, args.overrides,
-                                      device=args.device, fuse_mode=args.fuse_mode)
+                                      device=args.device, fuse_mode=args.fuse_mode,
+                                      format=args.format, arch=args.arch)
     print(json.dumps(payload["result"], indent=2, default=float))
     print(f"written to {result_path(checkpoints, args.task, args.fuse_mode)}",
           file=sys.stderr)
@@ -327,10 +343,11 @@ def _invariance(args: argparse.Namespace) -> int:
     if args.config:
         with config_file(args.config) as path:
             payload = evaluate_checkpoint(args.checkpoint, "invariance", path, args.overrides,
-                                          device=args.device)
+                                          device=args.device, format=args.format,
+                                          arch=args.arch)
     else:
         payload = evaluate_checkpoint(args.checkpoint, "invariance", None, args.overrides,
-                                      device=args.device)
+                                      device=args.device, format=args.format, arch=args.arch)
     result = payload["result"]
     table = InvarianceTable.read_csv(result["files"]["table"], result["protocol"])
     print(table.format())

@@ -14,13 +14,24 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from betaweighter.checkpoint import read_checkpoint, resolve_checkpoint
+from betaweighter.checkpoint import resolve_checkpoint
 from betaweighter.errors import CheckpointError
+from betaweighter.published import (
+    Converted,
+    canonical_format,
+    convert,
+    infer_resnet,
+    read_weights_file,
+)
 from betaweighter.runtime import resolve_device
 
-__all__ = ["ARCHITECTURES", "Backbone", "build_model", "conv_net", "load_backbone", "resnet"]
+__all__ = ["ARCHITECTURES", "RESNETS", "Backbone", "build_model", "conv_net", "load_backbone",
+           "resnet"]
 
 ARCHITECTURES = ("convnet", "resnet18", "resnet50")
+# every torchvision ResNet a published checkpoint can be loaded into
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
+           "wide_resnet101_2")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 
 
@@ -39,6 +50,8 @@ class Backbone(nn.Module):
         self.feature_dim = int(feature_dim)
         self.head = nn.Linear(self.feature_dim, num_classes)
         self.data_config: dict[str, Any] | None = None
+        # where the weights came from, set by `load_backbone`: format, arch, what was dropped
+        self.source: dict[str, Any] | None = None
 
     def features(self, x: Tensor) -> Tensor:
         return self.encoder(x).flatten(1)
@@ -69,10 +82,10 @@ def conv_net(num_classes: int = 4, in_channels: int = 3, width: int = 64,
 
 
 def resnet(arch: str = "resnet18", num_classes: int = 4) -> Backbone:
-    """torchvision ResNet-18/50 with the standard ImageNet stem, randomly initialised;
-    `features` is everything up to the global pool (512-d or 2048-d)."""
-    if arch not in ("resnet18", "resnet50"):
-        raise ValueError(f"arch must be 'resnet18' or 'resnet50', got {arch!r}")
+    """A torchvision ResNet (one of RESNETS) with the standard ImageNet stem, randomly
+    initialised; `features` is everything up to the global pool (512-d or 2048-d)."""
+    if arch not in RESNETS:
+        raise ValueError(f"arch must be one of {RESNETS}, got {arch!r}")
     net = getattr(torchvision.models, arch)(weights=None)
     dim = net.fc.in_features
     net.fc = nn.Identity()
@@ -80,10 +93,10 @@ def resnet(arch: str = "resnet18", num_classes: int = 4) -> Backbone:
 
 
 def build_model(name: str, num_classes: int = 4, **kwargs: Any) -> Backbone:
-    """Build a backbone by name: one of ARCHITECTURES."""
+    """Build a backbone by name: one of ARCHITECTURES (or, to load weights, RESNETS)."""
     if name == "convnet":
         return conv_net(num_classes, **kwargs)
-    if name in ("resnet18", "resnet50"):
+    if name in RESNETS:
         if kwargs:
             raise ValueError(f"{name} takes no options, got {sorted(kwargs)}")
         return resnet(name, num_classes)
@@ -91,22 +104,53 @@ def build_model(name: str, num_classes: int = 4, **kwargs: Any) -> Backbone:
 
 
 def load_backbone(path_or_run_dir: str | Path, device: str | torch.device | None = None,
-                  which: str | None = None) -> Backbone:
-    """Rebuild a checkpoint's `Backbone` from its ``model_config`` and load its weights.
+                  which: str | None = None, *, format: str = "auto",
+                  arch: str | None = None) -> Backbone:
+    """Rebuild a pre-trained `Backbone` from a checkpoint: this library's, or a published one.
 
-    `path_or_run_dir` is a ``.pt`` file or a run directory (its ``best.pt``, else
-    ``last.pt``; `which` picks one). The load is strict: a missing, unexpected or wrongly
-    shaped tensor raises `CheckpointError` listing them. A ``module.`` (DDP) or
-    ``_orig_mod.`` (torch.compile) prefix on every key is removed first. The model comes
-    back in eval mode on `device` (default: the GPU when there is one), with
-    ``data_config`` set from the checkpoint.
+    `path_or_run_dir` is a checkpoint file or a run directory (its ``best.pt``, else
+    ``last.pt``; `which` picks one). `format` is ``auto`` (detected from the keys) or one of
+    `betaweighter.published.FORMATS`: this library's checkpoints, a torchvision ResNet
+    state dict, the layouts of published SSL ResNets (MoCo, SwAV, InfoMin ...), solo-learn
+    and lightly checkpoints, or ``timm`` with `arch` a timm model name. The architecture
+    comes from the file where it can (this library's ``model_config``, a stored ``arch``,
+    the block counts); `arch` names it otherwise, and must agree with the keys.
+
+    The load is strict: a missing, unexpected or wrongly shaped tensor raises
+    `CheckpointError` listing them. Heads beside the backbone (projectors, prototypes,
+    queues, a momentum encoder, a classifier) are dropped, and ``source`` on the returned
+    model records the format, the architecture and what was dropped. The model comes back
+    in eval mode on `device` (default: the GPU when there is one); ``data_config`` is the
+    input it was trained on when the file says (else None: the evaluators' defaults).
     """
     path = resolve_checkpoint(path_or_run_dir, which)
-    ckpt = read_checkpoint(path, require=("model", "model_config"))
+    fmt = canonical_format(format)
+    if fmt == "timm":
+        model = _load_timm(path, arch)
+    else:
+        obj = read_weights_file(path)
+        is_ours = "model" in obj and "model_config" in obj
+        if fmt == "betaweighter" or (fmt == "auto" and is_ours):
+            model = _load_own(path, obj, arch)
+        else:
+            model = _load_resnet(path, convert(obj, path, fmt), arch)
+    return model.to(resolve_device(device)).eval()
+
+
+def _load_own(path: Path, ckpt: dict[str, Any], arch: str | None) -> Backbone:
+    for key in ("model", "model_config"):
+        if key not in ckpt:
+            raise CheckpointError(f"checkpoint {path} lacks {key!r} (it has "
+                                  f"{sorted(map(str, ckpt))[:10]}), so it is not a "
+                                  "betaweighter checkpoint; try --format auto")
     config = ckpt["model_config"]
     if not isinstance(config, dict) or "name" not in config:
         raise CheckpointError(f"checkpoint {path}: 'model_config' must be a dict with at least "
                               f"'name' (e.g. {{'name': 'resnet18'}}), got {config!r}")
+    if arch is not None and arch != config["name"]:
+        raise CheckpointError(f"checkpoint {path} holds a {config['name']}, not the --arch "
+                              f"{arch} asked for; drop --arch (this library's checkpoints "
+                              "say their architecture)")
     try:
         model = build_model(**config)
     except (TypeError, ValueError) as err:
@@ -122,7 +166,71 @@ def load_backbone(path_or_run_dir: str | Path, device: str | torch.device | None
     model.load_state_dict(state, strict=True)
     data_config = ckpt.get("data_config")
     model.data_config = dict(data_config) if isinstance(data_config, dict) else None
-    return model.to(resolve_device(device)).eval()
+    model.source = {"format": "betaweighter", "arch": config["name"], "dropped": {},
+                    "ignored_entries": []}
+    return model
+
+
+def _load_resnet(path: Path, converted: Converted, arch: str | None) -> Backbone:
+    found = infer_resnet(converted.state)
+    stored = converted.arch if converted.arch in RESNETS else None
+    name = arch or stored or found
+    if name is None:
+        raise CheckpointError(
+            f"checkpoint {path} ({converted.format} layout): its keys describe no torchvision "
+            f"ResNet ({', '.join(sorted(converted.state)[:4])} ...); pass --arch (one of "
+            f"{', '.join(RESNETS)}), or --format timm --arch NAME for another network")
+    if name not in RESNETS:
+        raise CheckpointError(f"--arch {name!r} is not a ResNet this loader builds; choose one "
+                              f"of {', '.join(RESNETS)}, or --format timm for other networks")
+    model = resnet(name, num_classes=1)
+    problems = _mismatches(model.encoder.state_dict(), converted.state)
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {path} ({converted.format} layout) does not fit a {name}"
+            + (f" (its keys describe a {found})" if found and found != name else "")
+            + f" ({'; '.join(problems)}); check --format and --arch")
+    model.encoder.load_state_dict(converted.state, strict=True)
+    model.source = {**converted.report(), "arch": name}
+    return model
+
+
+def _load_timm(path: Path, arch: str | None) -> Backbone:
+    """A timm model by name, its weights from a local file; the classifier dropped."""
+    if not arch:
+        raise CheckpointError("--format timm needs --arch, the timm model name "
+                              "(e.g. --arch resnet50 or vit_small_patch16_224)")
+    try:
+        import timm
+        import timm.data
+    except ImportError:
+        raise CheckpointError("--format timm needs timm: pip install "
+                              "'betaweighter[timm]'") from None
+    try:
+        net = timm.create_model(arch, pretrained=False, num_classes=0)
+    except RuntimeError as err:  # timm: "Unknown model (...)"
+        raise CheckpointError(f"--arch {arch!r}: {err}; `timm.list_models()` lists the "
+                              "names") from None
+    obj = read_weights_file(path)
+    state = _strip_wrappers(next((obj[k] for k in ("state_dict", "model")
+                                  if isinstance(obj.get(k), dict)), obj), path)
+    expected = net.state_dict()
+    head = str(net.pretrained_cfg.get("classifier") or "fc")
+    dropped = sorted(k for k in state if k not in expected and k.startswith(head + "."))
+    state = {k: v for k, v in state.items() if k not in dropped}
+    problems = _mismatches(expected, state)
+    if problems:
+        raise CheckpointError(f"weights file {path} does not fit timm's {arch} "
+                              f"({'; '.join(problems)}); check --arch")
+    net.load_state_dict(state, strict=True)
+    model = Backbone(net, net.num_features, num_classes=1)
+    cfg = timm.data.resolve_data_config({}, model=net)
+    model.data_config = {"image_size": int(cfg["input_size"][-1]),
+                         "mean": [float(m) for m in cfg["mean"]],
+                         "std": [float(s) for s in cfg["std"]]}
+    model.source = {"format": "timm", "arch": arch, "dropped": {head: len(dropped)}
+                    if dropped else {}, "ignored_entries": []}
+    return model
 
 
 def _strip_wrappers(state: Any, path: Path) -> dict[str, Tensor]:

@@ -25,7 +25,12 @@ import torchvision
 
 from betaweighter.checkpoint import read_checkpoint, resolve_checkpoint
 from betaweighter.data.detection import DetectionDataset, concat_detection, load_coco, load_voc
-from betaweighter.data.labelled import labelled_folder_splits, pooled_folders
+from betaweighter.data.labelled import (
+    labelled_folder_splits,
+    pooled_folders,
+    pooled_transfer,
+    transfer_splits,
+)
 from betaweighter.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from betaweighter.errors import CheckpointError, ConfigError
 from betaweighter.evaluate.detection import evaluate_detection, resnet_trunk
@@ -46,7 +51,8 @@ from betaweighter.models import Backbone, load_backbone
 from betaweighter.pretext.rpn import ANCHOR_SIZES, ASPECT_RATIOS
 from betaweighter.runtime import resolve_device
 
-__all__ = ["TASKS", "evaluate_checkpoint", "fusion_suffix", "result_path"]
+__all__ = ["TASKS", "check_task", "evaluate_checkpoint", "fusion_suffix", "result_path",
+           "run_task"]
 
 TASKS = ("linear", "fewshot", "finetune", "detection", "invariance")
 Checkpoints = str | os.PathLike | Sequence[str | os.PathLike]
@@ -81,7 +87,8 @@ def evaluate_checkpoint(path_or_run_dir: Checkpoints, task: str,
                         config: str | Path | Config | None = None,
                         overrides: list[str] | None = None,
                         device: str | torch.device | None = None,
-                        fuse_mode: str = "cat") -> dict[str, Any]:
+                        fuse_mode: str = "cat", format: str = "auto",
+                        arch: str | None = None) -> dict[str, Any]:
     """Run transfer task `task` on the backbone of a checkpoint (a run directory means its
     ``best.pt``, else ``last.pt``) and write ``eval_<task>.json`` beside it. Returns the
     payload: ``task``, ``checkpoint``, ``result``, the resolved task ``config``,
@@ -91,6 +98,10 @@ def evaluate_checkpoint(path_or_run_dir: Checkpoints, task: str,
     cat, add or mean); the payload then lists ``checkpoints`` and ``fusion_mode``, and
     goes to ``eval_<task>_fused-<digest>.json`` beside the first one. Detection refuses a
     fusion, and so does fine-tuning (the paper fuses frozen features only).
+
+    `format` and `arch` say how to read published checkpoints (`load_backbone`); the
+    payload's ``source`` records, per checkpoint, the format, the architecture and the
+    heads dropped.
     """
     if task not in TASKS:
         raise ConfigError(f"unknown evaluation task {task!r}; choose one of {TASKS}")
@@ -105,19 +116,17 @@ def evaluate_checkpoint(path_or_run_dir: Checkpoints, task: str,
     _check_data(task, options["data"])
     device = resolve_device(device, key="--device")
     start = time.perf_counter()
-    members = [load_backbone(c, device) for c in checkpoints]
+    members = [load_backbone(c, device, format=format, arch=arch) for c in checkpoints]
     model = members[0] if len(members) == 1 else FusedBackbone(members, fuse_mode)
     _fill_input_defaults(options, model.data_config)
     folder = checkpoints[0].parent
     if task == "invariance":
         result = run_invariance(model, options, folder, device, checkpoints[0], suffix)
     else:
-        if task == "detection":
-            options["checkpoint"] = checkpoints[0]  # init: rpn reads the FPN and RPN from it
-        result = _TASKS[task](model, options, folder, device)
-        options.pop("checkpoint", None)
+        result = run_task(model, task, options, folder, device, checkpoints[0])
     payload = {
         "task": task, "checkpoint": str(checkpoints[0]), "result": result, "config": options,
+        "source": members[0].source if len(members) == 1 else [m.source for m in members],
         "device": str(device), "seconds": time.perf_counter() - start,
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                      "scikit-learn": sklearn.__version__, "numpy": np.__version__},
@@ -127,6 +136,30 @@ def evaluate_checkpoint(path_or_run_dir: Checkpoints, task: str,
                        feature_dim=model.feature_dim)
     write_json(folder / f"eval_{task}{suffix}.json", payload)
     return payload
+
+
+def check_task(task: str, options: dict[str, Any]) -> None:
+    """Refuse a task section whose data cannot serve `task` (a required split missing, a
+    detection source without its keys) before any model is loaded."""
+    if task not in _TASKS:
+        raise ConfigError(f"unknown evaluation task {task!r}; choose one of {tuple(_TASKS)}")
+    _check_data(task, options["data"])
+
+
+def run_task(model: Backbone, task: str, options: dict[str, Any], folder: Path,
+             device: torch.device, checkpoint: Path | None = None) -> dict[str, Any]:
+    """Run `task` (not invariance) on a loaded backbone with the resolved options of its
+    ``evaluate.<task>`` section (a dict, completed in place: the input size and
+    normalisation default to the model's ``data_config``) and return the result. Feature
+    caches go under `folder`; nothing else is written. `checkpoint` is the backbone's file
+    (detection's ``init: rpn`` reads the FPN and RPN from it)."""
+    check_task(task, options)
+    _fill_input_defaults(options, model.data_config)
+    options["checkpoint"] = checkpoint
+    try:
+        return _TASKS[task](model, options, folder, device)
+    finally:
+        options.pop("checkpoint", None)
 
 
 _REFUSED = {
@@ -167,6 +200,14 @@ def _check_data(task: str, data: dict[str, Any]) -> None:
         return
     if task == "invariance":
         return
+    if task in ("linear", "fewshot", "finetune") and (data.get("dataset") or data.get("root")):
+        folders = [s for s in ("train", "val", "test") if data.get(s)]
+        if folders or not data.get("dataset") or not data.get("root"):
+            raise ConfigError(f"config key '{key}': name a dataset torchvision reads with both "
+                              f"dataset and root (the folder holding its files), or give "
+                              f"ImageFolder roots train/val/test, not both (got "
+                              f"{ {k: v for k, v in data.items() if v and k != 'val_fraction'} })")
+        return
     needed = ("train", "test") if task != "fewshot" else ()
     for split in needed:
         if data.get(split) is None:
@@ -183,6 +224,9 @@ def _inputs(o: dict[str, Any]) -> dict[str, Any]:
 
 def _splits(o: dict[str, Any]) -> dict[str, Any]:
     d = o["data"]
+    if d.get("dataset"):
+        return transfer_splits(d["dataset"], d["root"], val_fraction=d["val_fraction"],
+                               seed=o["seed"], **_inputs(o))
     return labelled_folder_splits(d["train"], d["test"], d["val"], val_fraction=d["val_fraction"],
                                   seed=o["seed"], **_inputs(o))
 
@@ -202,10 +246,14 @@ def _fewshot(model: Backbone, o: dict[str, Any], folder: Path,
              device: torch.device) -> dict[str, Any]:
     d = o["data"]
     roots = [d[s] for s in o["splits"] if d[s] is not None]
-    if not roots:
+    if d.get("dataset"):
+        pool, classes = pooled_transfer(d["dataset"], d["root"], o["splits"], seed=o["seed"],
+                                        **_inputs(o))
+    elif not roots:
         raise ConfigError(f"config key 'evaluate.fewshot.splits': none of {o['splits']} has a "
                           "folder in evaluate.fewshot.data")
-    pool, classes = pooled_folders(roots, **_inputs(o))
+    else:
+        pool, classes = pooled_folders(roots, **_inputs(o))
     features, labels = extract_features(
         model, pool, batch_size=o["batch_size"], num_workers=o["num_workers"], device=device,
         cache_dir=folder / "feature_cache" if o["cache_features"] else None, name="fewshot")
