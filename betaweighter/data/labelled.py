@@ -24,6 +24,7 @@ from torch.utils.data import ConcatDataset
 from betaweighter.data.scan import check_disjoint
 from betaweighter.data.sources.folders import FolderRaw
 from betaweighter.data.splits import stratified_split
+from betaweighter.data.transfer_sets import transfer_raws
 from betaweighter.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -33,7 +34,8 @@ from betaweighter.data.transforms import (
 from betaweighter.data.views import Transformed
 from betaweighter.errors import DataError
 
-__all__ = ["labelled_folder_splits", "pooled_folders"]
+__all__ = ["labelled_folder_splits", "pooled_folders",
+           "pooled_transfer", "transfer_splits"]
 
 Path = str | os.PathLike
 
@@ -59,21 +61,67 @@ def labelled_folder_splits(train: Path, test: Path, val: Path | None = None, *,
     ev = eval_transform(resize or image_size, image_size, mean, std, interpolation)
     aug = finetune_transform(image_size, mean, std, interpolation)
     raw_test = FolderRaw(test, classes=classes)
-    if val is None:
+    raw_val = None if val is None else FolderRaw(val, classes=classes)
+    _disjoint({"train": raw_train, "test": raw_test, **({} if val is None else {"val": raw_val})})
+    return _assemble(raw_train, raw_test, raw_val, classes, ev, aug, val_fraction, seed)
+
+
+def transfer_splits(dataset: str, root: Path, *, val_fraction: float = 0.2, seed: int = 0,
+                    image_size: int = 224, resize: int | None = None,
+                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                    interpolation: str = "bicubic") -> dict[str, Any]:
+    """`labelled_folder_splits` for one of the paper's datasets read by torchvision
+    (`betaweighter.data.transfer_sets`): its official splits, and where it has no
+    validation split a seeded stratified `val_fraction` of train. Same keys as
+    `labelled_folder_splits`; ``report`` also names the dataset."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+    raws, classes = transfer_raws(dataset, root, seed)
+    ev = eval_transform(resize or image_size, image_size, mean, std, interpolation)
+    aug = finetune_transform(image_size, mean, std, interpolation)
+    out = _assemble(raws["train"], raws["test"], raws.get("val"), classes, ev, aug,
+                    val_fraction, seed)
+    out["report"]["dataset"] = dataset
+    return out
+
+
+def pooled_transfer(dataset: str, root: Path, splits: Sequence[str], *, seed: int = 0,
+                    image_size: int = 224, resize: int | None = None,
+                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                    interpolation: str = "bicubic") -> tuple[Any, list[str]]:
+    """`pooled_folders` for a torchvision-read dataset: the union of its official
+    `splits` (``val`` is skipped where the dataset has none), as the paper's few-shot
+    pool."""
+    raws, classes = transfer_raws(dataset, root, seed)
+    ev = eval_transform(resize or image_size, image_size, mean, std, interpolation)
+    parts = [Transformed(raws[s], ev) for s in dict.fromkeys(splits) if s in raws]
+    if not parts:
+        raise DataError(f"{dataset} has none of the splits {list(splits)}; it has "
+                        f"{sorted(raws)}")
+    if len(parts) == 1:
+        return parts[0], classes
+    pooled = ConcatDataset(parts)
+    pooled.targets = np.concatenate([p.targets for p in parts])
+    return pooled, classes
+
+
+def _assemble(raw_train: Any, raw_test: Any, raw_val: Any | None, classes: list[str],
+              ev: Any, aug: Any, val_fraction: float, seed: int) -> dict[str, Any]:
+    """The evaluation and fine-tuning views of train/val/test (val: a stratified
+    `val_fraction` of train when `raw_val` is None) and their report."""
+    if raw_val is None:
         parts = stratified_split(raw_train.targets, {"val": val_fraction, "train": None}, seed)
         splits = {"train": Transformed(raw_train, ev, parts["train"]),
                   "val": Transformed(raw_train, ev, parts["val"]),
                   "train_augmented": Transformed(raw_train, aug, parts["train"]),
                   "trainval_augmented": Transformed(raw_train, aug)}
     else:
-        raw_val = FolderRaw(val, classes=classes)
         splits = {"train": Transformed(raw_train, ev), "val": Transformed(raw_val, ev),
                   "train_augmented": Transformed(raw_train, aug),
                   "trainval_augmented": ConcatDataset([Transformed(raw_train, aug),
                                                        Transformed(raw_val, aug)])}
     splits["test"] = Transformed(raw_test, ev)
-    _disjoint({"train": raw_train, "test": raw_test, **({} if val is None else {"val": raw_val})})
-    report: dict[str, Any] = {"classes": len(classes), "val_from_train": val is None}
+    report: dict[str, Any] = {"classes": len(classes), "val_from_train": raw_val is None}
     for name in ("train", "val", "test"):
         labels = np.asarray(splits[name].targets)
         report[f"{name}_images"] = int(labels.size)

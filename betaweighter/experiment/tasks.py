@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from betaweighter.data.transfer_sets import TRANSFER_DATASETS
 from betaweighter.evaluate.invariance_transforms import PROTOCOLS, TRANSFORMS
 
 __all__ = ["PATH", "ClassificationData", "DetectionData", "DetectionTask", "FewShotDetection",
@@ -28,13 +29,19 @@ def span(lo: float | None = None, hi: float | None = None, lo_open: bool = False
 #: directory for --set).
 PATH = {"path": True}
 _range = span
+TRANSFER_NAMES = tuple(TRANSFER_DATASETS)
 
 
 @dataclass
 class ClassificationData:
+    # ImageFolder roots (one sub-folder of images per class) ...
     train: str | None = field(default=None, metadata=PATH)
     val: str | None = field(default=None, metadata=PATH)
     test: str | None = field(default=None, metadata=PATH)
+    # ... or one of the paper's datasets read by torchvision with its official splits
+    # (betaweighter.data.transfer_sets), under `root` in torchvision's layout.
+    dataset: Literal[TRANSFER_NAMES] | None = None  # type: ignore[valid-type]
+    root: str | None = field(default=None, metadata=PATH)
     val_fraction: float = field(default=0.2, metadata=_range(0, 1, True, True))
 
 
