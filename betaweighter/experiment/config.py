@@ -30,8 +30,10 @@ from betaweighter.experiment.tasks import (
     DetectionTask,
     FewshotTask,
     FinetuneTask,
+    InstanceSegmentationTask,
     InvarianceTask,
     LinearTask,
+    SegmentationTask,
     span,
 )
 from betaweighter.pretext.augment import AUGMENTATIONS, PRESETS
@@ -93,6 +95,9 @@ class PretextSection:
     # strictly: its architecture must be `model`'s), e.g. a rotation-pretrained ResNet for
     # pretext rpn; null: a randomly initialised model.
     init: str | None = field(default=None, metadata=PATH)
+    # The key layout of `init`: auto (detected), or a published format such as moco or swav
+    # (see `betaweighter evaluate --help`); a published file gives the encoder, not the head.
+    init_format: str = "auto"
 
 
 @dataclass
@@ -193,6 +198,9 @@ class EvaluateSection:
     finetune: FinetuneTask = field(default_factory=FinetuneTask)
     detection: DetectionTask = field(default_factory=DetectionTask)
     invariance: InvarianceTask = field(default_factory=InvarianceTask)
+    segmentation: SegmentationTask = field(default_factory=SegmentationTask)
+    instance_segmentation: InstanceSegmentationTask = field(
+        default_factory=InstanceSegmentationTask)
 
 
 @dataclass

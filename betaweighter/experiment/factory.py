@@ -14,11 +14,11 @@ from torch import nn
 
 import betaweighter as bw
 from betaweighter import data as bwdata
-from betaweighter.errors import ConfigError
+from betaweighter.errors import CheckpointError, ConfigError
 from betaweighter.experiment.config import Config
 from betaweighter.meta.distributed import unwrap as dist_unwrap
 from betaweighter.meta.weighter import MetaWeighter
-from betaweighter.models import build_model, load_backbone
+from betaweighter.models import Backbone, build_model, load_backbone
 from betaweighter.pretext.augment import Augment
 from betaweighter.pretext.base import Pretext
 from betaweighter.pretext.byol import BYOLPretext, SimSiamPretext
@@ -87,8 +87,11 @@ def _backbone(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
         model_config.update(width=cfg.model.width, blocks=cfg.model.blocks)
     model = build_model(**model_config)
     if cfg.pretext.init:
-        source = load_backbone(cfg.pretext.init, "cpu").state_dict()
-        want = model.state_dict()
+        loaded = _init_backbone(cfg)
+        published = loaded.source is not None and loaded.source["format"] != "betaweighter"
+        target = model.encoder if published else model  # a published file has no head of ours
+        source, want = loaded.encoder.state_dict() if published else loaded.state_dict(), \
+            target.state_dict()
         bad = sorted({k for k in want if k not in source or source[k].shape != want[k].shape}
                      | {k for k in source if k not in want})
         if bad:
@@ -97,8 +100,18 @@ def _backbone(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
                 f"network than model {model_config} ({len(bad)} tensors differ, e.g. "
                 f"{', '.join(bad[:3])}); set model.name, model.width and model.blocks to the "
                 "checkpoint's, or drop pretext.init")
-        model.load_state_dict(source, strict=True)
+        target.load_state_dict(source, strict=True)
     return model, model_config
+
+
+def _init_backbone(cfg: Config) -> Backbone:
+    """The backbone of ``pretext.init``, read in the layout ``pretext.init_format``."""
+    try:
+        return load_backbone(cfg.pretext.init, "cpu", format=cfg.pretext.init_format)
+    except CheckpointError as err:
+        if "unknown checkpoint format" in str(err):
+            raise ConfigError(f"config key 'pretext.init_format': {err}") from None
+        raise
 
 
 def _rotation(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, Any]]:
@@ -137,7 +150,11 @@ def _rpn(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, Any]]
     the checkpoint ``pretext.init`` (e.g. a rotation run)."""
     checked_kwargs(RPNPretext, options, "pretext.options", ("backbone", "mean", "std"))
     if cfg.pretext.init:
-        backbone = load_backbone(cfg.pretext.init, "cpu")
+        backbone = _init_backbone(cfg)
+        arch = (backbone.source or {}).get("arch")
+        if arch not in (None, "resnet18", "resnet50"):
+            raise ConfigError(f"config key 'pretext.init': pretext rpn trains a resnet18 or "
+                              f"resnet50, and {cfg.pretext.init} holds a {arch}")
         model_config = resnet_model_config(backbone)
         if model_config["name"] != cfg.model.name:
             raise ConfigError(f"config key 'model.name': {cfg.model.name!r}, but the checkpoint "

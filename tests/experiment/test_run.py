@@ -232,3 +232,22 @@ def test_pretext_init_starts_from_the_checkpoint_or_refuses_another_width(
     cfg = load_config(overrides=TINY + [f"pretext.init={wide}", f"pretext.name={pretext}"])
     with pytest.raises(ConfigError, match="'pretext.init'.*another network"):
         build(cfg)
+
+
+def test_pretext_init_reads_a_published_layout_into_the_encoder(tmp_path):
+    """A MoCo-layout ResNet-18 starts a rotation run: the encoder is the file's, the
+    rotation head is new; an unknown layout name is a config error naming the key."""
+    import torchvision
+
+    from betaweighter.experiment.factory import build
+
+    net = torchvision.models.resnet18(weights=None)
+    trunk = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    torch.save({"state_dict": {f"module.encoder_q.{k}": v for k, v in trunk.items()},
+                "arch": "resnet18"}, tmp_path / "moco.pth.tar")
+    base = TINY + [f"pretext.init={tmp_path / 'moco.pth.tar'}", "model.name=resnet18"]
+    backbone = build(load_config(overrides=base)).backbone
+    assert all(torch.equal(backbone.encoder.state_dict()[k].cpu(), v) for k, v in trunk.items())
+    assert backbone.head.out_features == 4
+    with pytest.raises(ConfigError, match="'pretext.init_format'.*unknown checkpoint format"):
+        build(load_config(overrides=base + ["pretext.init_format=dino"]))
