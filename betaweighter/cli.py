@@ -88,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                          "fused, see --fuse-mode), then optionally a YAML config with an "
                          "evaluate.<task> section")
     ev.add_argument("--task", required=True, choices=["linear", "fewshot", "finetune",
-                                                       "detection", "invariance"])
+                                                       "detection", "invariance", "segmentation",
+                                                       "instance_segmentation"])
     ev.add_argument("--fuse-mode", choices=["cat", "add", "mean"], default="cat",
                     help="how several checkpoints' features are combined (default: cat)")
     ev.add_argument("--set", dest="overrides", action="append", default=[],

@@ -190,3 +190,127 @@ def write_voc(root: Path, objects: dict[str, list[tuple[str, int, list[int]]]],
         (root / "Annotations" / f"{image_id}.xml").write_text("".join(parts))
     (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(objects) + "\n")
     return root
+
+
+# -- Semantic and instance segmentation sets ---------------------------------------------------
+SEGMENTATION_CLASSES = ("background", "red", "green")
+_CLASS_COLOURS = {1: (230, 30, 30), 2: (30, 230, 30)}
+
+
+def voc_palette() -> list[int]:
+    """The PASCAL VOC colour map (class k's colour from the bits of k), 256 RGB entries
+    flattened, as the devkit's ``VOClabelcolormap.m`` builds it."""
+    palette = []
+    for k in range(256):
+        r = g = b = 0
+        c = k
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def segmentation_scene(rng: np.random.Generator, size: tuple[int, int], objects: int = 2,
+                       border: bool = True) -> tuple[Image.Image, np.ndarray]:
+    """A noise image with `objects` red (class 1) or green (class 2) rectangles; returns
+    (RGB image, uint8 mask of class ids) with, as in VOC, a 1-pixel 255 ("ignore") ring on
+    each rectangle's outline when `border`."""
+    w, h = size
+    pixels = rng.integers(0, 80, size=(h, w, 3)).astype(np.uint8)
+    mask = np.zeros((h, w), dtype=np.uint8)
+    for _ in range(objects):
+        bw, bh = rng.integers(w // 4, w // 2), rng.integers(h // 4, h // 2)
+        x, y = rng.integers(0, w - bw), rng.integers(0, h - bh)
+        label = int(rng.integers(1, 3))
+        pixels[y:y + bh, x:x + bw] = _CLASS_COLOURS[label]
+        if border:
+            mask[y:y + bh, x:x + bw] = 255
+            mask[y + 1:y + bh - 1, x + 1:x + bw - 1] = label
+        else:
+            mask[y:y + bh, x:x + bw] = label
+    return Image.fromarray(pixels), mask
+
+
+def write_voc_segmentation(root: Path, splits: dict[str, int], size: tuple[int, int] = (40, 32),
+                           seed: int = 0, year: int = 2012) -> Path:
+    """``root/VOCdevkit/VOC<year>`` as the devkit lays out its segmentation set: JPEG
+    images, palette-PNG class masks (VOC colour map, 255 on outlines) and one id list per
+    split under ``ImageSets/Segmentation``. `splits` maps a split name to its image count
+    (ids continue across splits). Returns `root` (the folder holding VOCdevkit)."""
+    voc = root / "VOCdevkit" / f"VOC{year}"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True, exist_ok=True)
+    rng, palette, n = np.random.default_rng(seed), voc_palette(), 0
+    for split, count in splits.items():
+        ids = []
+        for _ in range(count):
+            image_id = f"{year}_{n:06d}"
+            image, mask = segmentation_scene(rng, size)
+            image.save(voc / "JPEGImages" / f"{image_id}.jpg", quality=95)
+            png = Image.fromarray(mask, mode="P")
+            png.putpalette(palette)
+            png.save(voc / "SegmentationClass" / f"{image_id}.png")
+            ids.append(image_id)
+            n += 1
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+def write_mask_folder(root: Path, images: int, size: tuple[int, int] = (40, 32),
+                      seed: int = 0) -> Path:
+    """A plain image/mask folder set: ``root/images/<name>.png|jpg`` and greyscale
+    ``root/masks/<name>.png`` holding class ids (SEGMENTATION_CLASSES, 255 on outlines)."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for i in range(images):
+        image, mask = segmentation_scene(rng, size)
+        image.save(root / "images" / f"scene{i:03d}.{'png' if i % 2 else 'jpg'}")
+        Image.fromarray(mask, mode="L").save(root / "masks" / f"scene{i:03d}.png")
+    return root
+
+
+def write_coco_instances(root: Path, images: int = 4, size: int = 64, seed: int = 0,
+                         crowd: bool = False) -> tuple[Path, Path]:
+    """A COCO instance-segmentation set: red rectangles and green triangles on noise, each
+    annotated with its box and its polygon (``segmentation``); with `crowd`, the first image
+    also gets a crowd region as uncompressed RLE. Returns (images dir, annotation file)."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    image_dir = root / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    coco = {"images": [], "annotations": [],
+            "categories": [{"id": 1, "name": "red"}, {"id": 2, "name": "green"}]}
+    for i in range(images):
+        image = Image.fromarray(rng.integers(0, 80, size=(size, size, 3)).astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        for k, label in enumerate((1, 2)):
+            w, h = (int(v) for v in rng.integers(size // 4, size // 2, size=2))
+            x = int(rng.integers(0, size // 2 - w // 2)) + k * (size // 2)
+            x = min(x, size - w)
+            y = int(rng.integers(0, size - h))
+            if label == 1:
+                polygon = [x, y, x + w, y, x + w, y + h, x, y + h]
+            else:
+                polygon = [x, y + h, x + w / 2, y, x + w, y + h]
+            draw.polygon(polygon, fill=_CLASS_COLOURS[label])
+            coco["annotations"].append({
+                "id": len(coco["annotations"]) + 1, "image_id": 100 + i,
+                "category_id": label, "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0,
+                "segmentation": [[float(v) for v in polygon]]})
+        if crowd and i == 0:  # a 4x4 square at the top left, runs down the columns
+            runs = [0] + [4, size - 4] * 3 + [4, size * size - 3 * size - 4]
+            coco["annotations"].append({
+                "id": len(coco["annotations"]) + 1, "image_id": 100, "category_id": 1,
+                "bbox": [0, 0, 4, 4], "area": 16, "iscrowd": 1,
+                "segmentation": {"size": [size, size], "counts": runs}})
+        image.save(image_dir / f"img{i}.png")
+        coco["images"].append({"id": 100 + i, "file_name": f"img{i}.png", "width": size,
+                               "height": size})
+    ann = root / "annotations.json"
+    ann.write_text(json.dumps(coco))
+    return image_dir, ann

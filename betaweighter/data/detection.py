@@ -9,6 +9,10 @@ partly outside its image is clipped to the image, and a box entirely outside it 
 no area is dropped; both are counted in `DetectionDataset.report`. ``on_bad_box="error"``
 raises instead. A missing image file, an annotation naming an unknown image or category,
 and an image whose real size differs from the annotation's are errors.
+
+``load_coco(..., masks=True)`` also keeps each box's COCO ``segmentation`` (polygons or
+RLE, checked when loaded): the items then carry ``masks`` for Mask R-CNN, and the ground
+truth carries the segmentations for pycocotools' ``segm`` metric.
 """
 
 from __future__ import annotations
@@ -25,8 +29,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from betaweighter.data.coco_masks import check_segmentation, decode_segmentation
 from betaweighter.data.images import read_image
 from betaweighter.errors import CorruptDatasetError, DataError
+
+__all__ = ["BAD_BOX_POLICIES", "VOC_CLASSES", "collate_detection", "concat_detection",
+           "DetectionDataset", "DetectionRecord", "load_coco", "load_voc"]
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
                "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
@@ -36,7 +44,8 @@ BAD_BOX_POLICIES = ("skip", "error")
 
 @dataclass
 class DetectionRecord:
-    """One image: its file, size and boxes (xyxy pixels), labels (1..K), ignore flags."""
+    """One image: its file, size and boxes (xyxy pixels), labels (1..K), ignore flags, and
+    (instance segmentation only) one COCO ``segmentation`` per box."""
 
     file: Path
     width: int
@@ -44,13 +53,15 @@ class DetectionRecord:
     boxes: np.ndarray
     labels: np.ndarray
     ignore: np.ndarray
+    segmentations: list | None = None
 
 
 class DetectionDataset(Dataset):
     """Yields ``(image, target)``: a float CHW image in [0, 1] and a dict with ``boxes``
     (float32 xyxy), ``labels`` (int64, 1..K) and ``image_id`` (the item index), as
-    torchvision detectors expect. Ignored boxes are not in the target; `hflip` flips each
-    image (and its boxes) with probability 1/2, for training."""
+    torchvision detectors expect, plus ``masks`` (uint8, one (H, W) mask per box) when the
+    records carry segmentations. Ignored boxes are not in the target; `hflip` flips each
+    image (and its boxes and masks) with probability 1/2, for training."""
 
     def __init__(self, records: list[DetectionRecord], classes: list[str],
                  report: dict[str, Any] | None = None, hflip: bool = False) -> None:
@@ -77,26 +88,39 @@ class DetectionDataset(Dataset):
         image = pixels.float().div_(255.0)
         keep = ~r.ignore
         boxes = torch.as_tensor(r.boxes[keep], dtype=torch.float32).reshape(-1, 4)
+        masks = None
+        if r.segmentations is not None:
+            kept = [decode_segmentation(s, r.height, r.width)
+                    for s, k in zip(r.segmentations, keep) if k]
+            masks = torch.from_numpy(np.stack(kept) if kept
+                                     else np.zeros((0, r.height, r.width), np.uint8))
         if self.hflip and torch.rand(()) < 0.5:
             image = image.flip(-1)
             boxes = torch.stack([r.width - boxes[:, 2], boxes[:, 1],
                                  r.width - boxes[:, 0], boxes[:, 3]], dim=1)
+            masks = None if masks is None else masks.flip(-1)
         labels = torch.as_tensor(r.labels[keep], dtype=torch.int64)
-        return image, {"boxes": boxes, "labels": labels, "image_id": torch.tensor(index)}
+        target = {"boxes": boxes, "labels": labels, "image_id": torch.tensor(index)}
+        if masks is not None:
+            target["masks"] = masks
+        return image, target
 
     def coco_ground_truth(self) -> dict[str, Any]:
         """The ground truth as a COCO-format dict (image id = item index, category id =
-        label 1..K, ``iscrowd`` = ignore flag), for pycocotools and the VOC07 metric."""
+        label 1..K, ``iscrowd`` = ignore flag, ``segmentation`` when the records carry
+        one), for pycocotools and the VOC07 metric."""
         images, annotations = [], []
         for i, r in enumerate(self.records):
             images.append({"id": i, "width": r.width, "height": r.height,
                            "file_name": str(r.file)})
-            for box, label, ign in zip(r.boxes, r.labels, r.ignore):
+            for k, (box, label, ign) in enumerate(zip(r.boxes, r.labels, r.ignore)):
                 x1, y1, x2, y2 = (float(v) for v in box)
                 annotations.append({"id": len(annotations) + 1, "image_id": i,
                                     "category_id": int(label), "iscrowd": int(ign),
                                     "bbox": [x1, y1, x2 - x1, y2 - y1],
                                     "area": (x2 - x1) * (y2 - y1)})
+                if r.segmentations is not None:
+                    annotations[-1]["segmentation"] = r.segmentations[k]
         categories = [{"id": k, "name": n} for k, n in enumerate(self.classes, 1)]
         return {"images": images, "annotations": annotations, "categories": categories}
 
@@ -159,11 +183,12 @@ class _BoxChecker:
 
 def load_coco(images_dir: str | Path, annotation_file: str | Path, *,
               classes: list[str] | None = None, on_bad_box: str = "skip",
-              hflip: bool = False) -> DetectionDataset:
+              hflip: bool = False, masks: bool = False) -> DetectionDataset:
     """A COCO-format detection set: ``annotation_file`` (JSON with ``images``,
     ``annotations`` with ``bbox`` = [x, y, w, h], ``categories``) and its images under
     ``images_dir``. Labels follow `classes` (category names; default: the categories
-    sorted by id)."""
+    sorted by id). With `masks`, every annotation must also carry a ``segmentation``
+    (polygons or RLE), kept beside its box."""
     ann_path, root = Path(annotation_file), Path(images_dir)
     try:
         coco = json.loads(ann_path.read_text())
@@ -192,11 +217,14 @@ def load_coco(images_dir: str | Path, annotation_file: str | Path, *,
             raise DataError(f"{ann_path}: {where} has unknown category {ann.get('category_id')}")
         _, w, h = images[ann["image_id"]]
         x, y, bw, bh = (float(v) for v in ann["bbox"])
+        if masks:
+            check_segmentation(ann.get("segmentation"), h, w, f"{ann_path}: {where}")
         box = check([x, y, x + bw, y + bh], w, h, where)
         if box is not None:
             per_image[ann["image_id"]].append((box, label_of[ann["category_id"]],
-                                               bool(ann.get("iscrowd", 0))))
-    records = [_record(f, w, h, per_image[k]) for k, (f, w, h) in images.items()]
+                                               bool(ann.get("iscrowd", 0)),
+                                               ann.get("segmentation")))
+    records = [_record(f, w, h, per_image[k], masks) for k, (f, w, h) in images.items()]
     _check_files(records, ann_path)
     return DetectionDataset(records, classes, check.counts, hflip=hflip)
 
@@ -253,12 +281,14 @@ def _parse_voc_xml(path: Path) -> tuple[str, int, int, list[tuple[str, bool, lis
     return tree.findtext("filename", ""), w, h, objects
 
 
-def _record(file: Path, width: int, height: int, boxes: list) -> DetectionRecord:
+def _record(file: Path, width: int, height: int, boxes: list,
+            masks: bool = False) -> DetectionRecord:
     return DetectionRecord(
         file=file, width=width, height=height,
         boxes=np.asarray([b[0] for b in boxes], dtype=np.float32).reshape(-1, 4),
         labels=np.asarray([b[1] for b in boxes], dtype=np.int64),
-        ignore=np.asarray([b[2] for b in boxes], dtype=bool))
+        ignore=np.asarray([b[2] for b in boxes], dtype=bool),
+        segmentations=[b[3] for b in boxes] if masks else None)
 
 
 def _check_files(records: list[DetectionRecord], source: Path) -> None:

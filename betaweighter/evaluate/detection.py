@@ -110,14 +110,16 @@ def build_faster_rcnn(backbone: nn.Module, num_classes: int, *, trainable_layers
                       image_std: Sequence[float] = IMAGENET_STD, score_threshold: float = 0.05,
                       detections_per_image: int = 100,
                       anchor_sizes: Sequence[int] = ANCHOR_SIZES,
-                      aspect_ratios: Sequence[float] = ASPECT_RATIOS) -> FasterRCNN:
+                      aspect_ratios: Sequence[float] = ASPECT_RATIOS,
+                      detector: type[FasterRCNN] = FasterRCNN) -> FasterRCNN:
     """Faster R-CNN + FPN on a copy of the backbone's ResNet with frozen BatchNorm.
 
     `num_classes` counts object classes (the background class is added). Images are
     float [0, 1] tensors, normalised inside the model with `image_mean`/`image_std` (use the
     normalisation the backbone was pre-trained with). A sequence `min_size` is sampled per
     image in training; its last value is the test size. `anchor_sizes` gives one anchor
-    size per pyramid level (five), `aspect_ratios` are shared by all levels.
+    size per pyramid level (five), `aspect_ratios` are shared by all levels. `detector`
+    is the torchvision class built (a subclass such as ``MaskRCNN`` adds its heads).
     """
     if not 0 <= trainable_layers <= 5:
         raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
@@ -129,11 +131,11 @@ def build_faster_rcnn(backbone: nn.Module, num_classes: int, *, trainable_layers
     sizes = (min_size,) if isinstance(min_size, int) else tuple(int(s) for s in min_size)
     anchors = AnchorGenerator(tuple((int(a),) for a in anchor_sizes),
                               (tuple(float(r) for r in aspect_ratios),) * 5)
-    return FasterRCNN(fpn, num_classes=num_classes + 1, min_size=sizes, max_size=max_size,
-                      image_mean=list(image_mean), image_std=list(image_std),
-                      box_score_thresh=score_threshold,
-                      box_detections_per_img=detections_per_image,
-                      rpn_anchor_generator=anchors)
+    return detector(fpn, num_classes=num_classes + 1, min_size=sizes, max_size=max_size,
+                    image_mean=list(image_mean), image_std=list(image_std),
+                    box_score_thresh=score_threshold,
+                    box_detections_per_img=detections_per_image,
+                    rpn_anchor_generator=anchors)
 
 
 def load_detector_init(model: FasterRCNN, init: dict[str, Any],

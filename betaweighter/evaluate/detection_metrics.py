@@ -22,12 +22,21 @@ from torchvision.ops import box_iou
 
 from betaweighter.evaluate.metrics import voc07_ap11
 
+__all__ = ["coco_box_metrics", "coco_metrics", "voc07_detection_ap"]
+
 
 def coco_box_metrics(ground_truth: dict[str, Any],
                      detections: list[dict[str, Any]]) -> dict[str, float | None]:
     """COCO ``AP`` (mean over IoU 0.50:0.05:0.95), ``AP50`` and ``AP75``, all areas, up to
     100 detections per image. With no detections at all every AP is 0; with no
     (non-ignored) ground truth it is None (undefined)."""
+    return coco_metrics(ground_truth, detections, "bbox")
+
+
+def coco_metrics(ground_truth: dict[str, Any], detections: list[dict[str, Any]],
+                 iou_type: str = "bbox") -> dict[str, float | None]:
+    """`coco_box_metrics` for pycocotools' `iou_type`: ``bbox`` (boxes) or ``segm`` (masks:
+    ground truth and detections carry a ``segmentation``, polygons or RLE)."""
     COCO, COCOeval = _pycocotools()
     gt = COCO()
     gt.dataset = copy.deepcopy(ground_truth)
@@ -39,7 +48,7 @@ def coco_box_metrics(ground_truth: dict[str, Any],
         return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(copy.deepcopy(list(detections)))
-        ev = COCOeval(gt, dt, iouType="bbox")
+        ev = COCOeval(gt, dt, iouType=iou_type)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()

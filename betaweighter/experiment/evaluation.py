@@ -45,6 +45,7 @@ from betaweighter.evaluate.finetune import evaluate_finetune
 from betaweighter.evaluate.fusion import FUSION_MODES, FusedBackbone
 from betaweighter.evaluate.linear import linear_probe
 from betaweighter.experiment.config import Config, load_config
+from betaweighter.experiment.dense_evaluation import DENSE_TASKS, check_dense_data
 from betaweighter.experiment.invariance import run_invariance
 from betaweighter.io import write_json
 from betaweighter.models import Backbone, load_backbone
@@ -54,7 +55,7 @@ from betaweighter.runtime import resolve_device
 __all__ = ["TASKS", "check_task", "evaluate_checkpoint", "fusion_suffix", "result_path",
            "run_task"]
 
-TASKS = ("linear", "fewshot", "finetune", "detection", "invariance")
+TASKS = ("linear", "fewshot", "finetune", "detection", "invariance", *DENSE_TASKS)
 Checkpoints = str | os.PathLike | Sequence[str | os.PathLike]
 DEFAULT_IMAGE_SIZE = 224
 
@@ -200,6 +201,8 @@ def _check_data(task: str, data: dict[str, Any]) -> None:
         return
     if task == "invariance":
         return
+    if task in DENSE_TASKS:
+        return check_dense_data(task, data)
     if task in ("linear", "fewshot", "finetune") and (data.get("dataset") or data.get("root")):
         folders = [s for s in ("train", "val", "test") if data.get(s)]
         if folders or not data.get("dataset") or not data.get("root"):
@@ -361,4 +364,4 @@ def _load_source(source: dict[str, Any], classes: list[str] | None, on_bad_box: 
 
 
 _TASKS = {"linear": _linear, "fewshot": _fewshot, "finetune": _finetune,
-          "detection": _detection}
+          "detection": _detection, **DENSE_TASKS}

@@ -1,6 +1,6 @@
 """The ``evaluate.<task>`` sections of the config schema: what `betaweighter evaluate`
-runs on a checkpoint (linear probe, few-shot, fine-tuning, detection) and what
-`betaweighter invariance` measures.
+runs on a checkpoint (linear probe, few-shot, fine-tuning, detection, semantic and instance
+segmentation) and what `betaweighter invariance` measures.
 
 Image size and normalisation default to null, which means "what the checkpoint was
 pre-trained with" (its ``data_config``); paths are resolved like every path of a config.
@@ -14,9 +14,10 @@ from typing import Literal
 from betaweighter.data.transfer_sets import TRANSFER_DATASETS
 from betaweighter.evaluate.invariance_transforms import PROTOCOLS, TRANSFORMS
 
-__all__ = ["PATH", "ClassificationData", "DetectionData", "DetectionTask", "FewShotDetection",
-           "FewshotTask", "FinetuneTask", "InvarianceData", "InvarianceTask", "LinearTask",
-           "span"]
+__all__ = ["PATH", "ClassificationData", "CocoSource", "DetectionData", "DetectionTask",
+           "FewShotDetection", "FewshotTask", "FinetuneTask", "InstanceSegmentationData",
+           "InstanceSegmentationTask", "InvarianceData", "InvarianceTask", "LinearTask",
+           "SegmentationData", "SegmentationTask", "span"]
 
 
 def span(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
@@ -178,4 +179,100 @@ class InvarianceTask:
     image_size: int | None = field(default=None, metadata=_range(8))
     resize: int | None = field(default=None, metadata=_range(8))
     mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+@dataclass
+class SegmentationData:
+    # voc: Pascal VOC's layout through torchvision's VOCSegmentation (download=False),
+    # `root` holding VOCdevkit/ (or being VOCdevkit/VOC20xx); folders: `train` and `test`
+    # each hold images/<name>.<ext> and masks/<name>.png (pixel value = class id, 255 = ignore).
+    format: Literal["voc", "folders"] = "voc"
+    root: str | None = field(default=None, metadata=PATH)  # voc only
+    year: int = field(default=2012, metadata=_range(2007, 2012))  # voc only
+    train_split: str = "train"  # voc only: an ImageSets/Segmentation list (train, trainval)
+    test_split: str = "val"  # voc only
+    train: str | None = field(default=None, metadata=PATH)  # folders only
+    test: str | None = field(default=None, metadata=PATH)  # folders only
+    # One name per mask value 0..K-1; required for folders; null for voc: background + 20.
+    classes: list[str] | None = None
+
+
+@dataclass
+class SegmentationTask:
+    # Semantic segmentation (`--task segmentation`): a torchvision head on the feature map.
+    data: SegmentationData = field(default_factory=SegmentationData)
+    head: Literal["fcn", "deeplab"] = "fcn"  # torchvision's FCNHead or DeepLabHead (ASPP)
+    # finetune: the backbone trains with the head (the paper); frozen: only the head trains.
+    backbone: Literal["finetune", "frozen"] = "finetune"
+    # ResNets: 8, 16 or 32, the last stages dilated (null: 8, as torchvision's FCN and
+    # DeepLabV3); the conv net keeps its own stride (null only).
+    output_stride: Literal[8, 16, 32] | None = None
+    # finetune only: train updates the backbone's BatchNorm (the paper, torchvision's
+    # recipe); frozen keeps its statistics and affine parameters (FrozenBatchNorm2d).
+    batchnorm: Literal["train", "frozen"] = "train"
+    images: int = field(default=44_000, metadata=_range(1))  # training crops seen (30 VOC epochs)
+    batch_size: int = field(default=8, metadata=_range(2))  # >= 2: the heads' BatchNorm trains
+    # null: 0.02 x batch_size / 32 (torchvision's recipe, scaled linearly)
+    lr: float | None = field(default=None, metadata=_range(0, lo_open=True))
+    momentum: float = field(default=0.9, metadata=_range(0, 1))  # SGD momentum
+    weight_decay: float = field(default=1e-4, metadata=_range(0))  # SGD weight decay
+    poly_power: float = field(default=0.9, metadata=_range(0))  # lr x (1 - it / iterations)^power
+    # Training crop side; null: the checkpoint's pre-training image size.
+    image_size: int | None = field(default=None, metadata=_range(8))
+    # The shorter side is first rescaled to a random multiple of image_size in this range.
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    hflip: bool = True  # random horizontal flips in training
+    # Test images' shorter side (null: image_size); scored at their original mask size.
+    test_size: int | None = field(default=None, metadata=_range(8))
+    num_workers: int = field(default=0, metadata=_range(0))  # data-loading processes
+    seed: int = field(default=0, metadata=_range(0))  # crops, flips, order and the head's init
+    mean: list[float] | None = None  # null: the checkpoint's normalisation
+    std: list[float] | None = None
+
+
+@dataclass
+class CocoSource:
+    images: str | None = field(default=None, metadata=PATH)  # the folder of image files
+    annotations: str | None = field(default=None, metadata=PATH)  # COCO JSON with masks
+
+
+@dataclass
+class InstanceSegmentationData:
+    # COCO-format sets whose annotations carry a `segmentation` (polygons or RLE) per box.
+    train: CocoSource = field(default_factory=CocoSource)
+    test: CocoSource = field(default_factory=CocoSource)
+    on_bad_box: Literal["skip", "error"] = "skip"  # as for detection
+
+
+@dataclass
+class InstanceSegmentationTask:
+    # Instance segmentation (`--task instance_segmentation`): Mask R-CNN + FPN; mask AP and
+    # box AP by pycocotools. Defaults: detectron2's COCO R50-FPN "1x" schedule.
+    data: InstanceSegmentationData = field(default_factory=InstanceSegmentationData)
+    # backbone: only the trunk is pre-trained; rpn: also the FPN and RPN of an RPN
+    # pre-training checkpoint (pretext rpn); the box and mask heads start fresh.
+    init: Literal["backbone", "rpn"] = "backbone"
+    # null: the checkpoint's (init: rpn) or torchvision's defaults
+    anchor_sizes: list[int] | None = None
+    aspect_ratios: list[float] | None = None
+    trainable_layers: int = field(default=3, metadata=_range(0, 5))  # trunk stages that train
+    images: int = field(default=1_440_000, metadata=_range(1))  # 90k iterations x 16
+    batch_size: int = field(default=2, metadata=_range(1))  # images per step
+    # null: 0.02 x batch_size / 16 (detectron2's, scaled linearly)
+    lr: float | None = field(default=None, metadata=_range(0, lo_open=True))
+    momentum: float = field(default=0.9, metadata=_range(0, 1))  # SGD momentum
+    weight_decay: float = field(default=1e-4, metadata=_range(0))  # SGD weight decay
+    warmup_images: int = field(default=16_000, metadata=_range(0))  # linear warm-up
+    lr_steps: list[float] = field(default_factory=lambda: [2 / 3, 8 / 9])  # lr / 10 at these
+    # Shorter side per training image, drawn from the list; the last one is the test size.
+    min_size: list[int] = field(default_factory=lambda: list(range(640, 801, 32)))
+    max_size: int = field(default=1333, metadata=_range(1))  # longer side at most
+    score_threshold: float = field(default=0.05, metadata=_range(0, 1))  # kept detections
+    detections_per_image: int = field(default=100, metadata=_range(1))  # at most, scored
+    mask_threshold: float = field(default=0.5, metadata=_range(0, 1, True, True))  # mask pixels
+    hflip: bool = True  # random horizontal flips in training
+    num_workers: int = field(default=0, metadata=_range(0))  # data-loading processes
+    seed: int = field(default=0, metadata=_range(0))  # image order, flips, heads' init
+    mean: list[float] | None = None  # null: the checkpoint's normalisation
     std: list[float] | None = None

@@ -124,7 +124,7 @@ def test_config_errors_name_the_key(run_dir, colour_folders, tmp_path):
     fails("needs format: coco or voc", "detection",
           data={"train": {"images": "x"}, "test": {"format": "voc", "root": "y"}})
     with pytest.raises(ConfigError, match="unknown evaluation task"):
-        evaluate_checkpoint(run_dir, "segmentation")
+        evaluate_checkpoint(run_dir, "depth")
 
 
 def test_data_problems_are_clear(run_dir, colour_folders, tmp_path, image_folder_writer):
