@@ -11,6 +11,8 @@ from pathlib import Path
 
 from betaweighter import __version__
 
+__all__ = ["COMMANDS", "EPILOG", "format_summary", "main"]
+
 EPILOG = """examples:
   betaweighter demo
   betaweighter configs

@@ -8,6 +8,8 @@ import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
 
+__all__ = ["TensorImages"]
+
 
 class TensorImages(Dataset):
     """``TensorImages(images, targets)[i] == (images[i], targets[i])`` (label -1 when

@@ -13,6 +13,8 @@ from torch.utils.data import Dataset
 
 from betaweighter.data.splits import save_splits
 
+__all__ = ["DataBundle"]
+
 
 @dataclass
 class DataBundle:

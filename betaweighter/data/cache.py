@@ -12,6 +12,8 @@ from typing import Any
 
 from betaweighter.io import write_json
 
+__all__ = ["CACHE_ENV", "cache_dir", "memoize_json"]
+
 CACHE_ENV = "BETAWEIGHTER_CACHE"
 
 

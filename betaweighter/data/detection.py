@@ -36,6 +36,9 @@ from betaweighter.errors import CorruptDatasetError, DataError
 __all__ = ["BAD_BOX_POLICIES", "VOC_CLASSES", "collate_detection", "concat_detection",
            "DetectionDataset", "DetectionRecord", "load_coco", "load_voc"]
 
+__all__ = ["BAD_BOX_POLICIES", "VOC_CLASSES", "collate_detection", "concat_detection",
+           "DetectionDataset", "DetectionRecord", "load_coco", "load_voc"]
+
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
                "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
                "pottedplant", "sheep", "sofa", "train", "tvmonitor")

@@ -8,6 +8,8 @@ import numpy as np
 
 from betaweighter.errors import DataError
 
+__all__ = ["EpisodeSampler"]
+
 
 class EpisodeSampler:
     """Draws episodes of `way` classes with `shot` support and `query` query items each.

@@ -6,6 +6,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+__all__ = ["Indexed"]
+
 
 class Indexed(Dataset):
     """``Indexed(ds)[i] == (x_i, i)`` where x_i is ``ds[i]``, or its first element when

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["labels_of"]
+
 _LABEL_ATTRIBUTES = ("targets", "labels", "y")
 
 

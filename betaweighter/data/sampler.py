@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
+__all__ = ["epoch_rng", "SubsetEpochSampler"]
+
 #: Separate random streams drawn from (seed, epoch, stream): changing how one is used never
 #: changes another.
 SHUFFLE_STREAM, RANDOM_RULE_STREAM, SKIP_STREAM = 0, 1, 2

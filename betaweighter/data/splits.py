@@ -18,6 +18,9 @@ import numpy as np
 
 from betaweighter.errors import CorruptDatasetError
 
+__all__ = ["SPLITS_FORMAT", "check_splits", "load_splits", "resolve_splits", "save_splits",
+           "stratified_split"]
+
 SPLITS_FORMAT = "betaweighter-splits-v1"
 
 

@@ -20,6 +20,9 @@ import torchvision.transforms.v2 as v2
 from torch import Tensor
 from tqdm.auto import tqdm
 
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "as_uint8_chw", "channel_stats",
+           "eval_transform", "finetune_transform", "train_transform"]
+
 Stats = tuple[tuple[float, float, float], tuple[float, float, float]]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+__all__ = ["Transformed"]
+
 
 class Transformed(Dataset):
     """``Transformed(raw, transform, indices)[k] == (transform(image), label)`` for the

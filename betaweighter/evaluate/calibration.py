@@ -16,6 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+__all__ = ["calibration_report", "expected_calibration_error", "fit_temperature",
+           "negative_log_likelihood", "softmax"]
+
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax of ``logits / temperature`` in float64."""

@@ -24,6 +24,8 @@ from betaweighter.evaluate.metrics import voc07_ap11
 
 __all__ = ["coco_box_metrics", "coco_metrics", "voc07_detection_ap"]
 
+__all__ = ["coco_box_metrics", "coco_metrics", "voc07_detection_ap"]
+
 
 def coco_box_metrics(ground_truth: dict[str, Any],
                      detections: list[dict[str, Any]]) -> dict[str, float | None]:

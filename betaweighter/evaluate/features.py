@@ -23,6 +23,8 @@ from tqdm.auto import tqdm
 from betaweighter.io import save_array
 from betaweighter.runtime import eval_mode, module_device, progress_disabled, resolve_device
 
+__all__ = ["dataset_fingerprint", "extract_features", "model_fingerprint"]
+
 
 def model_fingerprint(model: nn.Module) -> str:
     """SHA-256 of the model's state_dict (names, dtypes, shapes and values)."""

@@ -14,6 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
+__all__ = ["METRICS", "accuracy", "mean_confidence_interval", "mean_per_class_accuracy",
+           "voc07_ap11"]
+
 
 def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
     """Top-1 accuracy: the fraction of items whose prediction equals the label."""

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+__all__ = ["LookaheadModel"]
+
 
 class _BoundMethod(nn.Module):
     """Exposes ``module.<method>`` as ``forward`` so functional_call can run it."""

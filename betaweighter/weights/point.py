@@ -13,6 +13,8 @@ from torch import Tensor, nn
 
 from betaweighter.weights.base import LearnedWeights
 
+__all__ = ["PointWeights"]
+
 
 class PointWeights(LearnedWeights):
     """One scalar weight per instance in [0, 1], initialised to `init` (default 0.5, the

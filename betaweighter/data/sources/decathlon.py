@@ -34,6 +34,9 @@ from betaweighter.data.transforms import channel_stats, eval_transform, train_tr
 from betaweighter.data.views import Transformed
 from betaweighter.errors import CorruptDatasetError, DatasetNotFoundError
 
+__all__ = ["DOMAINS", "HOW_TO_GET", "SPLITS", "annotation_file", "decathlon", "decathlon_dir",
+           "DecathlonRaw", "domain_stats"]
+
 DOMAINS = ("aircraft", "cifar100", "daimlerpedcls", "dtd", "gtsrb", "imagenet12", "omniglot",
            "svhn", "ucf101", "vgg-flowers")
 SPLITS = ("train", "val", "test")

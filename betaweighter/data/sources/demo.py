@@ -31,6 +31,8 @@ from betaweighter.data.indexed import Indexed
 from betaweighter.data.splits import stratified_split
 from betaweighter.io import atomic_write_bytes
 
+__all__ = ["DEMO_VERSION", "build_demo_arrays", "demo"]
+
 DEMO_VERSION = 2
 _ARRAYS = ("pool", "in_domain", "digits", "labels", "digits_pool", "val_train", "val_test",
            "test")

@@ -30,6 +30,9 @@ from betaweighter.data.transforms import channel_stats, eval_transform, train_tr
 from betaweighter.data.views import Transformed
 from betaweighter.errors import CorruptDatasetError, DatasetNotFoundError
 
+__all__ = ["HOW_TO_GET", "IMAGE_BYTES", "IMAGE_SHAPE", "NUM_CLASSES", "OFFICIAL_SIZES",
+           "PAPER_MEAN", "PAPER_STD", "binary_dir", "download_stl10", "stl10", "STL10Raw"]
+
 IMAGE_SHAPE = (3, 96, 96)
 IMAGE_BYTES = 3 * 96 * 96
 OFFICIAL_SIZES = {"unlabeled": 100_000, "train": 5_000, "test": 8_000}
