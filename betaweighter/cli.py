@@ -27,6 +27,7 @@ EPILOG = """examples:
   betaweighter evaluate runs/spatial runs/appearance --task linear linear.yaml   # fused
   betaweighter invariance runs/demo-bdw
   betaweighter invariance runs/stl10-bdw invariance.yaml --set evaluate.invariance.k=16
+  betaweighter suite my_suite.yaml --out suite-results      # models x tasks, one table
   torchrun --standalone --nproc_per_node 2 -m betaweighter run demo
 """
 
@@ -111,6 +112,16 @@ def _parser() -> argparse.ArgumentParser:
                                                "--set evaluate.invariance.protocol=paper")
     inv.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: GPU if present)")
     _checkpoint_format_options(inv)
+
+    suite = sub.add_parser("suite", help="every model of a suite file on every transfer task: "
+                                         "resumable cells, one table with ranks, a heat map "
+                                         "and rank correlations")
+    suite.add_argument("suite", metavar="SUITE.yaml", help="YAML listing models (name, path, "
+                       "optional format and arch) and tasks (name, protocol, its options)")
+    suite.add_argument("--out", help="output folder (default: the suite's output key, else "
+                                     "<suite name>-results beside the file)")
+    suite.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the suite's device "
+                                         "key, else the GPU if present)")
     return p
 
 
@@ -161,18 +172,23 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from betaweighter.errors import BetaweighterError
     from betaweighter.experiment.interrupt import Interrupted
+    from betaweighter.runtime import is_main
 
+    # Under torchrun every rank meets the same mistake: rank 0 alone says so, all exit 2.
     try:
         return COMMANDS[args.command](args)
     except BetaweighterError as e:
-        print(f"betaweighter: error: {_one_line(e)}", file=sys.stderr)
+        if is_main():
+            print(f"betaweighter: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except Interrupted as e:
-        print(str(e), file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except Interrupted as e:  # 130 for SIGINT, 143 for SIGTERM
+        if is_main():
+            print(str(e), file=sys.stderr)
+        return e.status
+    except KeyboardInterrupt as e:
+        if is_main():
+            print("interrupted", file=sys.stderr)
+        return getattr(e, "status", 130)
 
 
 def _is_config(path: str) -> bool:
@@ -225,8 +241,10 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         trainer = Trainer.resume(args.resume, args.which, overrides)
         if is_main():
-            print(f"resuming {trainer.run_dir} at epoch {trainer.epoch}/"
-                  f"{trainer.cfg.train.epochs}", file=sys.stderr)
+            epochs = trainer.cfg.train.epochs
+            print(f"resuming {trainer.run_dir} at epoch {trainer.epoch}/{epochs}"
+                  + (" (all trained: writing the end-of-run files)"
+                     if trainer.epoch >= epochs else ""), file=sys.stderr)
     else:
         if args.which != "last":
             raise ConfigError("--from applies to --resume only")
@@ -363,6 +381,18 @@ def _invariance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _suite(args: argparse.Namespace) -> int:
+    from betaweighter.experiment.suite import run_suite
+
+    run = run_suite(args.suite, args.out, args.device)
+    print(run.report.text)
+    print(f"cells: {len(run.computed)} computed, {len(run.reused)} reused from earlier runs",
+          file=sys.stderr)
+    print(f"files: {run.output} (results.csv, results.json, ranks.md, ranks.csv, "
+          "correlations.csv, heatmap.png, cells/)", file=sys.stderr)
+    return 0
+
+
 def format_summary(summary: dict, run_dir: Path) -> str:
     """A few readable lines for the end of ``betaweighter run``."""
     lines = [f"run {summary['run']} finished: {summary['epochs']} epochs of "
@@ -385,7 +415,7 @@ def format_summary(summary: dict, run_dir: Path) -> str:
 
 COMMANDS = {"run": _run, "demo": _demo, "compare": _compare, "configs": _configs, "plot": _plot,
             "weights": _weights, "evaluate": _evaluate,
-            "invariance": _invariance}
+            "invariance": _invariance, "suite": _suite}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,15 +9,18 @@ outside one), so that only rank 0 writes files and shows progress bars.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
 
-from betaweighter.errors import ConfigError
+from betaweighter.errors import BetaweighterError, ConfigError
 
 __all__ = ["broadcast_object", "eval_mode", "finish_distributed", "init_distributed", "is_main",
-           "module_device", "progress_disabled", "resolve_device", "world"]
+           "module_device", "on_main", "progress_disabled", "resolve_device", "world"]
+
+T = TypeVar("T")
 
 
 def resolve_device(name: str | torch.device | None = None, key: str = "device") -> torch.device:
@@ -138,3 +141,30 @@ def broadcast_object(obj: object) -> object:
     holder = [obj]
     torch.distributed.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """Call `fn` on rank 0 only and give its result to every rank (it must pickle).
+
+    A check that only rank 0 makes (the run directory it creates, the run's lock) would
+    otherwise leave the other ranks waiting in the next collective when it fails: here they
+    learn of the failure at once, and raise a `BetaweighterError` too, so that every process
+    stops at the same point and the command line exits with status 2 on each, with the one
+    line printed by rank 0. Outside a distributed run this is just ``fn()``."""
+    if world()[0] == 1:
+        return fn()
+    failure: BaseException | None = None
+    result = None
+    if is_main():
+        try:
+            result = fn()
+        except BaseException as e:  # every rank must hear of it, whatever it is
+            failure = e
+    said = None if failure is None else (" ".join(str(failure).split())
+                                         or type(failure).__name__)
+    message, result = broadcast_object((said, result))
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise BetaweighterError(f"rank 0 stopped: {message}")
+    return result

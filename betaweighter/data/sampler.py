@@ -51,8 +51,9 @@ class SubsetEpochSampler(Sampler[int]):
         self.shuffle = bool(shuffle)
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
-        #: skip this many of this process's indices at the start of the next pass (set by a
-        #: run resumed in the middle of an epoch; reset it to 0 afterwards)
+        #: skip this many of this process's indices in the next pass only (a run resumed in
+        #: the middle of an epoch sets it): the pass takes the value when it begins and sets
+        #: it back to 0, so it holds however late the loader draws its first batch
         self.start = 0
 
     def order(self) -> np.ndarray:
@@ -76,7 +77,8 @@ class SubsetEpochSampler(Sampler[int]):
         return self.rank + pos * self.num_replicas >= n
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order()[self.start:].tolist())
+        start, self.start = self.start, 0
+        return iter(self.order()[start:].tolist())
 
     def __len__(self) -> int:
         n = len(self.source()[0])

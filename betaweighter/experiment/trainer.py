@@ -4,7 +4,8 @@ accuracy of the best model at the end (Ericsson et al., arXiv:2006.12360, sectio
 
 A `Trainer` owns its run directory for its whole life: it holds the directory's writer
 lock, writes every file atomically (on rank 0 only, under torchrun), checkpoints every
-epoch, stops cleanly at a step boundary on Ctrl-C (leaving a checkpoint of that step), and
+epoch, stops cleanly at a step boundary on Ctrl-C or SIGTERM (leaving a checkpoint of that
+step; after the last epoch's checkpoint it stops at once, and `resume` finishes the run), and
 stops at once with `NonFiniteLossError` when the loss stops being finite.
 """
 
@@ -29,9 +30,15 @@ from betaweighter.evaluate.linear import select_c
 from betaweighter.experiment import diagnostics, plots
 from betaweighter.experiment.components_state import components_state, load_components
 from betaweighter.experiment.config import Config, dump_config
+from betaweighter.experiment.epoch_loader import EpochLoader
 from betaweighter.experiment.factory import Components, build
 from betaweighter.experiment.finish import finish_run
-from betaweighter.experiment.interrupt import Interrupted, any_rank, stop_on_sigint
+from betaweighter.experiment.interrupt import (
+    Interrupted,
+    any_rank,
+    pending_signal,
+    stop_on_signals,
+)
 from betaweighter.experiment.metrics import MetricsLog
 from betaweighter.experiment.resume import (
     RESUME_OVERRIDES,
@@ -43,8 +50,8 @@ from betaweighter.experiment.rundir import RunDir, create_run_dir
 from betaweighter.io import atomic_write_text, write_json
 from betaweighter.meta.distributed import assert_identical
 from betaweighter.runtime import (
-    broadcast_object,
     is_main,
+    on_main,
     progress_disabled,
     resolve_device,
     world,
@@ -63,8 +70,8 @@ class Trainer:
         self.rundir = RunDir(run_dir, check=False)  # config.yaml is written once built
         self.run_dir = self.rundir.path
         self._exit = contextlib.ExitStack()
-        if is_main():  # under torchrun, rank 0 writes; the others only read the run
-            self._exit.enter_context(self.rundir.lock())
+        # under torchrun, rank 0 writes; the others only read the run (and hear if it fails)
+        on_main(lambda: self._exit.enter_context(self.rundir.lock()))
         try:
             self.c: Components = build(cfg, splits=splits)
         except BaseException:
@@ -83,7 +90,8 @@ class Trainer:
         self.histograms: list[np.ndarray] = []
         self._partial: dict[str, Any] = {}
         self._pending_rng: dict[str, Any] | None = None
-        self._stop_requested = False
+        self._stop_requested, self._stop_signal, self._finishing = False, 0, False
+        self._data = EpochLoader(self.c, cfg, lambda: self.epoch)
         self._pending_changes: list[tuple[str, Any, Any, int]] = []
         self.metrics = MetricsLog(self.run_dir / "metrics.csv") if is_main() else None
 
@@ -98,8 +106,7 @@ class Trainer:
         resolve_device(cfg.train.device, key="config key 'train.device'")  # before any file
         root = Path(cfg.experiment.output_root).expanduser()
         fresh_root = not root.exists()
-        run_dir = (create_run_dir(root, cfg.experiment.name) if is_main() else None)
-        run_dir = Path(broadcast_object(None if run_dir is None else str(run_dir)))
+        run_dir = Path(on_main(lambda: str(create_run_dir(root, cfg.experiment.name))))
         try:
             trainer = cls(cfg, run_dir)
             trainer.train_seconds = trainer.c.fit_seconds  # the weights' fit is training
@@ -125,7 +132,8 @@ class Trainer:
         """Continue a run from ``checkpoints/<which>.pt`` with its own config. `overrides`
         (``KEY=VALUE``) may change only `RESUME_OVERRIDES`: a moved dataset (its content
         is checked against the run's), more epochs, a new learning rate, device or
-        precision. Each change is recorded in run.json."""
+        precision. Each change is recorded in run.json. A run with every epoch trained but
+        no summary.json (stopped or failed after its last checkpoint) finishes its run."""
         run = RunDir(run_dir)
         saved = run.config()
         state = run.state(which)
@@ -134,7 +142,8 @@ class Trainer:
                                   f"another config than {run.config_path}: restore the "
                                   "original config.yaml, or start a new run")
         cfg, changes = apply_resume_overrides(saved, overrides or [], state)
-        if state["epoch"] >= cfg.train.epochs and state["epoch_step"] == 0:
+        done = state["epoch"] >= cfg.train.epochs and state["epoch_step"] == 0
+        if done and run.summary() is not None:  # else only the end-of-run work is left
             raise ConfigError(f"run {run.path} has finished all {cfg.train.epochs} epochs; "
                               "train it further with --set train.epochs=N (N > "
                               f"{cfg.train.epochs})")
@@ -151,8 +160,11 @@ class Trainer:
         return trainer
 
     def close(self) -> None:
-        """Release the run's lock."""
-        self._exit.close()
+        """End the loader's workers and release the run's lock."""
+        try:
+            self._data.close()
+        finally:
+            self._exit.close()
 
     def __enter__(self) -> Trainer:
         return self
@@ -228,7 +240,7 @@ class Trainer:
         epochs = self.cfg.train.epochs
         bar = tqdm(range(self.epoch, epochs), desc=self.run_dir.name,
                    disable=progress_disabled(), initial=self.epoch, total=epochs)
-        with stop_on_sigint(self):
+        with stop_on_signals(self):
             for _ in bar:
                 row = self._train_epoch()
                 bar.set_postfix(loss=f"{row['train_loss']:.3f}",
@@ -236,37 +248,21 @@ class Trainer:
                                 kept=f"{row['kept_fraction']:.2f}")
                 if stop_after is not None and self.epoch >= stop_after and self.epoch < epochs:
                     return None
-        return self.finish()
-
-    def _loader(self) -> Any:
-        c, cfg = self.c, self.cfg
-        kwargs = {"num_workers": cfg.data.workers, "pin_memory": c.device.type == "cuda",
-                  "persistent_workers": cfg.data.workers > 0}
-        if c.pruner is not None:
-            return c.pruner.loader(c.bundle.pool, batch_size=cfg.train.batch_size, **kwargs)
-        if not hasattr(self, "_full_loader"):
-            from betaweighter.pruning import unpruned_loader
-
-            self._full_loader = unpruned_loader(c.bundle.pool, lambda: self.epoch,
-                                                cfg.train.batch_size, cfg.experiment.seed,
-                                                **kwargs)
-        return self._full_loader
+            self._finishing = True  # after the last checkpoint: a signal stops at once
+            if self._stop_requested:  # asked for while the last epoch was validated
+                raise Interrupted(self.run_dir, self.epoch, 0, self._stop_signal)
+            return self.finish()
 
     def _train_epoch(self) -> dict[str, Any]:
         c, cfg = self.c, self.cfg
-        loader = self._loader()
-        sampler = loader.sampler
-        sampler.start = self.epoch_step * cfg.train.batch_size
-        limit = cfg.train.max_steps_per_epoch
-        total = len(loader) if limit is None else min(len(loader), limit)
+        batches, sampler, total = self._data.epoch(self.epoch_step)
+        limit, size = cfg.train.max_steps_per_epoch, cfg.train.batch_size
         p = self._partial
         losses, meta_losses = p.get("losses", []), p.get("meta_losses", [])
         parts: list[dict[str, float]] = p.get("parts", [])
         seen, seconds = p.get("seen", 0), p.get("seconds", 0.0)
         c.model.train()
         c.meta.plain = c.pruner is not None and not c.pruner.scoring  # budget: scored
-        batches = iter(loader)
-        sampler.start = 0
         if self._pending_rng is not None:
             set_rng_state(self._pending_rng)
             self._pending_rng = None
@@ -276,8 +272,8 @@ class Trainer:
         for x, idx in bar:
             if limit is not None and self.epoch_step >= limit:
                 break
-            positions = torch.arange(self.epoch_step * len(x), (self.epoch_step + 1) * len(x))
-            loss, meta_loss = self._train_step(x, idx, sampler.padding(positions[:len(x)]))
+            positions = self.epoch_step * size + torch.arange(len(x))  # in this rank's share
+            loss, meta_loss = self._train_step(x, idx, sampler.padding(positions))
             losses.append(loss)
             if meta_loss is not None:
                 meta_losses.append(meta_loss)
@@ -287,12 +283,13 @@ class Trainer:
             self.step += 1
             bar.set_postfix(loss=f"{loss:.3f}", meta=f"{c.meta.last_meta_loss:.3f}",
                             w=f"{c.meta.last_mean_weight:.3f}")
-            if any_rank(self._stop_requested):
+            signum = pending_signal(self)
+            if signum:
                 self._partial = {"losses": losses, "meta_losses": meta_losses, "seen": seen,
                                  "parts": parts,
                                  "seconds": seconds + time.perf_counter() - start}
                 self._save(best=False)
-                raise Interrupted(self.run_dir, self.epoch, self.epoch_step)
+                raise Interrupted(self.run_dir, self.epoch, self.epoch_step, signum)
         seconds += time.perf_counter() - start  # an interrupted epoch's part included
         self.train_seconds += seconds
         self.images_seen += seen
