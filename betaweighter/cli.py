@@ -27,7 +27,6 @@ EPILOG = """examples:
   betaweighter evaluate runs/spatial runs/appearance --task linear linear.yaml   # fused
   betaweighter invariance runs/demo-bdw
   betaweighter invariance runs/stl10-bdw invariance.yaml --set evaluate.invariance.k=16
-  betaweighter suite my_suite.yaml --out suite-results      # models x tasks, one table
   torchrun --standalone --nproc_per_node 2 -m betaweighter run demo
 """
 
@@ -112,16 +111,6 @@ def _parser() -> argparse.ArgumentParser:
                                                "--set evaluate.invariance.protocol=paper")
     inv.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: GPU if present)")
     _checkpoint_format_options(inv)
-
-    suite = sub.add_parser("suite", help="every model of a suite file on every transfer task: "
-                                         "resumable cells, one table with ranks, a heat map "
-                                         "and rank correlations")
-    suite.add_argument("suite", metavar="SUITE.yaml", help="YAML listing models (name, path, "
-                       "optional format and arch) and tasks (name, protocol, its options)")
-    suite.add_argument("--out", help="output folder (default: the suite's output key, else "
-                                     "<suite name>-results beside the file)")
-    suite.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the suite's device "
-                                         "key, else the GPU if present)")
     return p
 
 
@@ -381,18 +370,6 @@ def _invariance(args: argparse.Namespace) -> int:
     return 0
 
 
-def _suite(args: argparse.Namespace) -> int:
-    from betaweighter.experiment.suite import run_suite
-
-    run = run_suite(args.suite, args.out, args.device)
-    print(run.report.text)
-    print(f"cells: {len(run.computed)} computed, {len(run.reused)} reused from earlier runs",
-          file=sys.stderr)
-    print(f"files: {run.output} (results.csv, results.json, ranks.md, ranks.csv, "
-          "correlations.csv, heatmap.png, cells/)", file=sys.stderr)
-    return 0
-
-
 def format_summary(summary: dict, run_dir: Path) -> str:
     """A few readable lines for the end of ``betaweighter run``."""
     lines = [f"run {summary['run']} finished: {summary['epochs']} epochs of "
@@ -415,7 +392,7 @@ def format_summary(summary: dict, run_dir: Path) -> str:
 
 COMMANDS = {"run": _run, "demo": _demo, "compare": _compare, "configs": _configs, "plot": _plot,
             "weights": _weights, "evaluate": _evaluate,
-            "invariance": _invariance, "suite": _suite}
+            "invariance": _invariance}
 
 if __name__ == "__main__":
     sys.exit(main())
