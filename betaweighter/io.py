@@ -13,6 +13,7 @@ import io as _io
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "jsonable", "save_array", "write_json"]
+__all__ = ["atomic_link", "atomic_write_bytes", "atomic_write_text", "jsonable", "save_array",
+           "write_json"]
 
 
 def _umask() -> int:
@@ -41,6 +43,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_link(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Make `path` an atomic hard link to the file `source` (a copy where the file system
+    has no hard links). Later atomic writes to `source` replace its directory entry, not
+    its bytes, so `path` keeps what `source` held now."""
+    source, path = Path(source), Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:  # no hard links here (some network and FAT file systems)
+            shutil.copyfile(source, tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -30,3 +30,24 @@ def test_atomic_writes_replace_and_leave_no_temporary_file(tmp_path):
         "f.txt"]
     save_array(tmp_path / "a.npy", np.arange(4.0))
     assert np.load(tmp_path / "a.npy").tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_atomic_link_keeps_the_linked_bytes_when_the_source_is_replaced(tmp_path, monkeypatch):
+    from betaweighter.io import atomic_link, atomic_write_bytes
+
+    last = atomic_write_bytes(tmp_path / "last.pt", b"epoch 3")
+    best = atomic_link(last, tmp_path / "best.pt")
+    assert best.read_bytes() == b"epoch 3" and best.stat().st_ino == last.stat().st_ino
+    atomic_write_bytes(last, b"epoch 4")
+    assert best.read_bytes() == b"epoch 3" and last.read_bytes() == b"epoch 4"
+    atomic_link(last, best)  # replaces an existing link
+    assert best.read_bytes() == b"epoch 4"
+
+    def no_links(*args):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr("os.link", no_links)  # a file system without hard links: a copy
+    atomic_write_bytes(last, b"epoch 5")
+    atomic_link(last, best)
+    assert best.read_bytes() == b"epoch 5" and best.stat().st_ino != last.stat().st_ino
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]

@@ -47,7 +47,7 @@ from betaweighter.experiment.resume import (
     fixed_part,
 )
 from betaweighter.experiment.rundir import RunDir, create_run_dir
-from betaweighter.io import atomic_write_text, write_json
+from betaweighter.io import atomic_link, atomic_write_text, write_json
 from betaweighter.meta.distributed import assert_identical
 from betaweighter.runtime import (
     is_main,
@@ -229,9 +229,9 @@ class Trainer:
         if not is_main():
             return
         self._record_changes()
-        save_checkpoint(self.rundir.checkpoint_path("last"), state)
-        if best:
-            save_checkpoint(self.rundir.checkpoint_path("best"), state)
+        last = save_checkpoint(self.rundir.checkpoint_path("last"), state)
+        if best:  # the same bytes: a hard link, not a second serialisation
+            atomic_link(last, self.rundir.checkpoint_path("best"))
 
     # -- the recipe ----------------------------------------------------------------------
     def run(self, stop_after: int | None = None) -> dict[str, Any] | None:
