@@ -27,6 +27,7 @@ EPILOG = """examples:
   betaweighter evaluate runs/spatial runs/appearance --task linear linear.yaml   # fused
   betaweighter invariance runs/demo-bdw
   betaweighter invariance runs/stl10-bdw invariance.yaml --set evaluate.invariance.k=16
+  betaweighter suite my_suite.yaml --out suite-results      # models x tasks, one table
   torchrun --standalone --nproc_per_node 2 -m betaweighter run demo
 """
 
@@ -111,6 +112,17 @@ def _parser() -> argparse.ArgumentParser:
                                                "--set evaluate.invariance.protocol=paper")
     inv.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: GPU if present)")
     _checkpoint_format_options(inv)
+
+    suite = sub.add_parser("suite", help="every model of a suite file on every transfer task: "
+                                         "resumable cells, one table with ranks, a heat map "
+                                         "and rank correlations")
+    suite.add_argument("suite", metavar="SUITE.yaml", help="YAML listing models (name, path, "
+                       "optional format and arch) and tasks (name and one protocol section: "
+                       "linear, fewshot, ... with its evaluate.<task> options)")
+    suite.add_argument("--out", help="output folder (default: the suite's output key, else "
+                                     "<suite name>-results beside the file)")
+    suite.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the suite's device "
+                                         "key, else the GPU if present)")
     return p
 
 
@@ -167,17 +179,32 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except BetaweighterError as e:
+        _keep_exit_status()
         if is_main():
             print(f"betaweighter: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except Interrupted as e:  # 130 for SIGINT, 143 for SIGTERM
+        _keep_exit_status()
         if is_main():
             print(str(e), file=sys.stderr)
         return e.status
     except KeyboardInterrupt as e:
+        _keep_exit_status()
         if is_main():
             print("interrupted", file=sys.stderr)
         return getattr(e, "status", 130)
+
+
+def _keep_exit_status() -> None:
+    """Under torchrun, ignore SIGTERM once this process knows how it ends: torchrun stops the
+    other ranks with SIGTERM as soon as one has exited, and each should end with its own
+    status (2 for a mistake, 130 or 143 for an interrupt), not be killed by the signal."""
+    import signal
+
+    from betaweighter.runtime import world
+
+    if world()[0] > 1:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _is_config(path: str) -> bool:
@@ -370,6 +397,18 @@ def _invariance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _suite(args: argparse.Namespace) -> int:
+    from betaweighter.experiment.suite import run_suite
+
+    run = run_suite(args.suite, args.out, args.device)
+    print(run.report.text)
+    print(f"cells: {len(run.computed)} computed, {len(run.reused)} reused from earlier runs",
+          file=sys.stderr)
+    print(f"files: {run.output} (results.csv, results.json, ranks.md, ranks.csv, "
+          "correlations.csv, heatmap.png, cells/)", file=sys.stderr)
+    return 0
+
+
 def format_summary(summary: dict, run_dir: Path) -> str:
     """A few readable lines for the end of ``betaweighter run``."""
     lines = [f"run {summary['run']} finished: {summary['epochs']} epochs of "
@@ -392,7 +431,7 @@ def format_summary(summary: dict, run_dir: Path) -> str:
 
 COMMANDS = {"run": _run, "demo": _demo, "compare": _compare, "configs": _configs, "plot": _plot,
             "weights": _weights, "evaluate": _evaluate,
-            "invariance": _invariance}
+            "invariance": _invariance, "suite": _suite}
 
 if __name__ == "__main__":
     sys.exit(main())
