@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 import warnings
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     warnings.showwarning = _show_warning
+    _log_to_stderr()
     from betaweighter.runtime import finish_distributed, init_distributed
 
     distributed = args.command in ("run", "compare", "demo") and init_distributed()
@@ -225,6 +227,40 @@ def _is_config(path: str) -> bool:
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (so redirections hold)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = "warning: " if record.levelno >= logging.WARNING else ""
+        return f"betaweighter: {level}{_one_line(record.getMessage())}"
+
+
+def _log_to_stderr() -> None:
+    """The library's log records (notes, warnings: logger "betaweighter") as one line each
+    on stderr, from rank 0 only; set up once per process."""
+    from betaweighter.runtime import is_main
+
+    logger = logging.getLogger("betaweighter")
+    if any(getattr(h, "_betaweighter_cli", False) for h in logger.handlers):
+        return
+    handler = _Stderr()
+    handler.setFormatter(_OneLine())
+    handler.addFilter(lambda record: is_main())
+    handler._betaweighter_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -22,11 +22,14 @@ from typing import Any, Literal
 
 import yaml
 
-from betaweighter.errors import ConfigError
+from betaweighter.data.options import check_options
+from betaweighter.errors import ConfigError, quote
+from betaweighter.experiment.loggers import LOGGERS
 from betaweighter.experiment.schema import build, join, read_yaml
 from betaweighter.experiment.shipped import config_file
 from betaweighter.experiment.tasks import (
     PATH,
+    SEED,
     DetectionTask,
     FewshotTask,
     FinetuneTask,
@@ -51,7 +54,7 @@ _range = span
 @dataclass
 class ExperimentSection:
     name: str = "experiment"
-    seed: int = field(default=0, metadata=_range(0))
+    seed: int = field(default=0, metadata=SEED)
     output_root: str = "runs"  # relative to the working directory
 
 
@@ -157,7 +160,8 @@ class PruningSection:
     # rule=random (lowest) prunes as many as this rule would, chosen at random (the
     # lowest-weight first): the controls; a list of per-epoch counts (e.g. copied from
     # another run's metrics.csv) matches that run.
-    control: Literal["cdf", "threshold", "quantile", "budget"] | list[int] = "cdf"
+    control: Literal["cdf", "threshold", "quantile", "budget"] | list[int] = field(
+        default="cdf", metadata=_range(0))
     warmup: int = field(default=0, metadata=_range(0))
     every: int = field(default=1, metadata=_range(1))
     max_fraction: float = field(default=1.0, metadata=_range(0, 1))
@@ -169,13 +173,16 @@ class PruningSection:
 @dataclass
 class TrainSection:
     epochs: int = field(default=35, metadata=_range(1))
+    # Sinks besides metrics.csv (always written): tensorboard (<run>/tensorboard), wandb.
+    loggers: list[Literal[LOGGERS]] = field(  # type: ignore[valid-type]
+        default_factory=lambda: ["csv"])
     batch_size: int = field(default=32, metadata=_range(1))
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
     lr: float = field(default=0.1, metadata=_range(0, lo_open=True))
     momentum: float = field(default=0.9, metadata=_range(0, 1))
     weight_decay: float = field(default=1e-4, metadata=_range(0))
     schedule: Literal["multistep", "cosine", "constant"] = "multistep"
-    milestones: list[int] = field(default_factory=lambda: [15, 25])
+    milestones: list[int] = field(default_factory=lambda: [15, 25], metadata=_range(1))
     gamma: float = field(default=0.1, metadata=_range(0, 1, lo_open=True))
     max_steps_per_epoch: int | None = field(default=None, metadata=_range(1))
     device: str = "auto"  # auto, cpu, cuda, cuda:N
@@ -189,9 +196,11 @@ class EvaluateSection:
     every: int = field(default=1, metadata=_range(1))
     batch_size: int = field(default=256, metadata=_range(1))
     max_iter: int = field(default=1000, metadata=_range(1))
-    c_grid: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
+    c_grid: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0],
+                                metadata=_range(0, lo_open=True, min_items=1))
     # C values of the final test probe; null = the 45-value grid of arXiv:2011.13377
-    final_c_grid: list[float] | None = None
+    final_c_grid: list[float] | None = field(default=None,
+                                             metadata=_range(0, lo_open=True, min_items=1))
     # Transfer tasks for `betaweighter evaluate RUN --task NAME`.
     linear: LinearTask = field(default_factory=LinearTask)
     fewshot: FewshotTask = field(default_factory=FewshotTask)
@@ -331,16 +340,11 @@ def _merge(a: dict, b: dict) -> dict:
 
 def _check_consistency(cfg: Config) -> None:
     det = cfg.evaluate.detection
-    if any(not 0 < f <= 1 for f in det.fractions) or not det.fractions:
-        raise ConfigError(f"config key 'evaluate.detection.fractions': fractions of the "
-                          f"training images, each in (0, 1], got {det.fractions}")
-    if any(k < 1 for k in det.few_shot.shots) or not det.few_shot.shots:
-        raise ConfigError(f"config key 'evaluate.detection.few_shot.shots': K values >= 1, "
-                          f"got {det.few_shot.shots}")
     if det.anchor_sizes is not None and len(det.anchor_sizes) != 5:
         raise ConfigError(f"config key 'evaluate.detection.anchor_sizes': one size per pyramid "
-                          f"level (5 values), got {det.anchor_sizes}")
+                          f"level (5 values), got {quote(det.anchor_sizes)}")
     d = cfg.data
+    _check_data_options(d)
     if d.name == "decathlon" and not d.target:
         raise ConfigError("config key 'data.target': the Visual Decathlon target domain is "
                           "required (e.g. --set data.target=dtd)")
@@ -352,14 +356,23 @@ def _check_consistency(cfg: Config) -> None:
                           "for data.name=folders")
     if sorted(cfg.train.milestones) != cfg.train.milestones:
         raise ConfigError(f"config key 'train.milestones': must be increasing, got "
-                          f"{cfg.train.milestones}")
+                          f"{quote(cfg.train.milestones)}")
     shrinkage = cfg.evaluate.invariance.shrinkage
     if isinstance(shrinkage, float) and not 0 <= shrinkage <= 1:
         raise ConfigError(f"config key 'evaluate.invariance.shrinkage': a number must be in "
                           f"[0, 1], got {shrinkage}")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.train.device):
-        raise ConfigError(f"config key 'train.device': unknown device {cfg.train.device!r}; "
-                          "use auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"config key 'train.device': unknown device "
+                          f"{quote(cfg.train.device)}; use auto, cpu, cuda or cuda:N")
+
+
+def _check_data_options(d: DataSection) -> None:
+    """``data.options`` against the ranges its dataset builder declares (`ranged`), so a
+    value out of range stops here rather than after a directory is made or an epoch run."""
+    from betaweighter import data as bwdata
+
+    builder = getattr(bwdata, "image_folders" if d.name == "folders" else d.name)
+    check_options(builder, d.options, "data.options")
 
 
 def dump_config(cfg: Config) -> str:

@@ -33,6 +33,8 @@ def finish_run(trainer: Any) -> dict[str, Any]:
     best_probe = probe(e.final_c_grid)
     summary = summary_of(trainer, best_probe, final or best_probe)
     write_report(trainer.rundir, summary, c.weights, c.pruner, c.bundle)
+    plots = sorted((trainer.run_dir / "plots").glob("*.png"))
+    trainer.loggers.log_images(trainer.epoch, plots)
     return summary
 
 

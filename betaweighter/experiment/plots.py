@@ -169,9 +169,10 @@ def draw_run_plots(run: Any) -> list[Path]:
              losses(rows, out / "losses.png")]
     extremes = out / "extremes.npz"
     if not extremes.is_file() and run.summary() is not None:
-        import warnings
+        import logging
 
-        warnings.warn(f"{extremes} is missing: the image grids are not drawn", stacklevel=2)
+        logging.getLogger(__name__).warning("%s is missing: the image grids are not drawn",
+                                            extremes)
     if extremes.is_file():
         from betaweighter.errors import CheckpointError
 

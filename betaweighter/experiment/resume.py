@@ -3,12 +3,17 @@ device or precision. Everything else must stay as the checkpoint was made."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from betaweighter.errors import ConfigError
-from betaweighter.experiment.config import Config, load_config, parse_override
+from betaweighter.experiment.config import Config, dump_config, load_config, parse_override
+from betaweighter.experiment.rundir import RunDir
+from betaweighter.io import atomic_write_text, write_json
 
-__all__ = ["RESUME_OVERRIDES", "apply_resume_overrides", "fixed_part"]
+_log = logging.getLogger(__name__)  # under "betaweighter": the CLI prints its records
+
+__all__ = ["RESUME_OVERRIDES", "apply_resume_overrides", "fixed_part", "record_changes"]
 
 #: Config keys that `betaweighter run --resume RUN --set KEY=VALUE` (or an edit of the
 #: run's config.yaml) may change.
@@ -62,9 +67,7 @@ def rescale_learning_rate(optimizer: Any, scheduler: Any, lr: float) -> None:
 def check_moved_data(info: dict[str, Any], bundle: Any,
                      changes: list[tuple[str, Any, Any]]) -> None:
     """When a resume points the data elsewhere, the data there must be the run's: same
-    sizes and sampled items as recorded in run.json (a note is printed, else ConfigError)."""
-    import sys
-
+    sizes and sampled items as recorded in run.json (a note is logged, else ConfigError)."""
     from betaweighter.experiment.diagnostics import data_fingerprint
 
     moved = [c for c in changes if c[0] in ("data.root", "data.pool_root", "data.target_root")]
@@ -76,5 +79,21 @@ def check_moved_data(info: dict[str, Any], bundle: Any,
         raise ConfigError(f"the data at {moved[0][2]} differs from the run's "
                           f"({', '.join(differ)}): resume with the data the run was started on")
     for key, old, new in moved:
-        print(f"note: {key} moved from {old} to {new}; the data there matches the run's "
-              "(sizes and sampled items)", file=sys.stderr)
+        _log.info("note: %s moved from %s to %s; the data there matches the run's (sizes "
+                  "and sampled items)", key, old, new)
+
+
+def record_changes(run: RunDir, cfg: Config, changes: list[tuple[str, Any, Any, int]]
+                   ) -> list[tuple[str, Any, Any, int]]:
+    """Write the settings changed on resume (key, old, new, epoch) into config.yaml and
+    run.json; the trainer calls it just before the first checkpoint made with them, so that
+    a resume that fails first (a diverging learning rate, a wrong path) leaves the run as it
+    was. Returns what is left to record: nothing."""
+    if changes:
+        info = run.info()
+        info.setdefault("changes", []).extend(
+            {"key": k, "from": old, "to": new, "at_epoch": epoch}
+            for k, old, new, epoch in changes)
+        write_json(run.path / "run.json", info)
+        atomic_write_text(run.path / "config.yaml", dump_config(cfg))
+    return []

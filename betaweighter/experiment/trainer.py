@@ -12,6 +12,7 @@ stops at once with `NonFiniteLossError` when the loss stops being finite.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 import time
@@ -39,12 +40,14 @@ from betaweighter.experiment.interrupt import (
     pending_signal,
     stop_on_signals,
 )
+from betaweighter.experiment.loggers import RunLogger, build_loggers
 from betaweighter.experiment.metrics import MetricsLog
 from betaweighter.experiment.resume import (
     RESUME_OVERRIDES,
     apply_resume_overrides,
     check_moved_data,
     fixed_part,
+    record_changes,
 )
 from betaweighter.experiment.rundir import RunDir, create_run_dir
 from betaweighter.io import atomic_link, atomic_write_text, write_json
@@ -94,6 +97,8 @@ class Trainer:
         self._data = EpochLoader(self.c, cfg, lambda: self.epoch)
         self._pending_changes: list[tuple[str, Any, Any, int]] = []
         self.metrics = MetricsLog(self.run_dir / "metrics.csv") if is_main() else None
+        self.loggers = build_loggers(cfg.train.loggers, run_dir, dataclasses.asdict(cfg)) \
+            if is_main() else RunLogger()  # TensorBoard, W&B: beside metrics.csv
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -160,9 +165,10 @@ class Trainer:
         return trainer
 
     def close(self) -> None:
-        """End the loader's workers and release the run's lock."""
+        """End the loader's workers and the loggers, and release the run's lock."""
         try:
             self._data.close()
+            self.loggers.close()
         finally:
             self._exit.close()
 
@@ -210,28 +216,17 @@ class Trainer:
         else:
             set_rng_state(rng)
 
-    def _record_changes(self) -> None:
-        """Write the settings changed on resume into config.yaml and run.json: just before
-        the first checkpoint made with them, so that a resume that fails first (a diverging
-        learning rate, a wrong path) leaves the run as it was."""
-        if not self._pending_changes:
-            return
-        info = self.rundir.info()
-        info.setdefault("changes", []).extend(
-            {"key": k, "from": old, "to": new, "at_epoch": epoch}
-            for k, old, new, epoch in self._pending_changes)
-        write_json(self.run_dir / "run.json", info)
-        atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
-        self._pending_changes = []
-
     def _save(self, best: bool) -> None:
         state = self._state()  # on every rank: gathering the random states is collective
-        if not is_main():
-            return
-        self._record_changes()
-        last = save_checkpoint(self.rundir.checkpoint_path("last"), state)
-        if best:  # the same bytes: a hard link, not a second serialisation
-            atomic_link(last, self.rundir.checkpoint_path("best"))
+
+        def write() -> None:
+            self._pending_changes = record_changes(self.rundir, self.cfg,
+                                                   self._pending_changes)
+            last = save_checkpoint(self.rundir.checkpoint_path("last"), state)
+            if best:  # the same bytes: a hard link, not a second serialisation
+                atomic_link(last, self.rundir.checkpoint_path("best"))
+
+        on_main(write)  # the others wait for the file: torchrun ends all once one exits
 
     # -- the recipe ----------------------------------------------------------------------
     def run(self, stop_after: int | None = None) -> dict[str, Any] | None:
@@ -281,6 +276,8 @@ class Trainer:
             seen += len(x)
             self.epoch_step += 1
             self.step += 1
+            self.loggers.log_step(self.step, {"loss": loss, "meta_loss": c.meta.last_meta_loss,
+                                              "mean_weight": c.meta.last_mean_weight})
             bar.set_postfix(loss=f"{loss:.3f}", meta=f"{c.meta.last_meta_loss:.3f}",
                             w=f"{c.meta.last_mean_weight:.3f}")
             signum = pending_signal(self)
@@ -367,6 +364,7 @@ class Trainer:
         assert_identical(c.weights, f"the instance weights after epoch {self.epoch}")
         if self.metrics is not None:
             self.metrics.append(row)
+            self.loggers.log_epoch(self.epoch, row, mean_w)
         improved = val == val and val > self.best_val
         if improved:
             self.best_val, self.best_epoch = val, self.epoch

@@ -41,7 +41,7 @@ def _start(tmp_path, *overrides):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    with _start(out) as trainer:
+    with _start(out, "train.loggers=[csv,tensorboard]") as trainer:
         summary = trainer.run()
     return trainer.cfg, trainer.run_dir, summary
 
@@ -58,6 +58,14 @@ def test_a_run_writes_every_file(finished):
     assert 0.0 <= float(rows[0]["auroc_in_domain"]) <= 1.0
     weights = list(csv.DictReader(open(run / "weights.csv")))
     assert len(weights) == 1802 and set(weights[0]) == {"index", "mean", "std", "pruned"}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))  # train.loggers: tensorboard
+    events.Reload()
+    logged = [round(e.value, 4) for e in events.Scalars("epoch/train_loss")]
+    assert logged == [round(float(r["train_loss"]), 4) for r in rows]
+    assert len(events.Scalars("step/loss")) == 2 * 3 and events.Histograms("weights")
+    assert "plots/curves" in events.Tags()["images"]
     assert sum(int(w["pruned"]) for w in weights) == (int(rows[0]["pruned"])
                                                       + int(rows[1]["pruned"]))
     on_disk = json.loads((run / "summary.json").read_text())

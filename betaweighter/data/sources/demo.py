@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,23 +28,27 @@ from betaweighter.data.arrays import TensorImages
 from betaweighter.data.bundle import DataBundle
 from betaweighter.data.cache import cache_dir as resolve_cache_dir
 from betaweighter.data.indexed import Indexed
+from betaweighter.data.options import SEED, Range, integer, ranged
 from betaweighter.data.splits import stratified_split
 from betaweighter.io import atomic_write_bytes
 
 __all__ = ["DEMO_VERSION", "build_demo_arrays", "demo"]
 
 DEMO_VERSION = 2
+#: the allowed values of the numeric arguments (checked by `ranged`, and by the config)
+RANGES = dict(seed=SEED,
+              pool_fraction=Range(0, 1, lo_open=True, hi_open=True),
+              distractor_ratio=Range(0), image_size=integer(8))
 _ARRAYS = ("pool", "in_domain", "digits", "labels", "digits_pool", "val_train", "val_test",
            "test")
 
 
+@ranged(**RANGES)
 def build_demo_arrays(seed: int = 0, pool_fraction: float = 0.5,
                       distractor_ratio: float = 1.0, image_size: int = 32) -> dict[str, np.ndarray]:
     """The demo set as uint8 arrays (what the cache file holds); see `demo`."""
     from sklearn.datasets import load_digits, load_sample_images
 
-    if not 0 < pool_fraction < 1 or distractor_ratio < 0 or image_size < 8:
-        raise ValueError("need 0 < pool_fraction < 1, distractor_ratio >= 0, image_size >= 8")
     digits = load_digits()
     small = torch.from_numpy(digits.images).float()[:, None] / 16.0
     big = F.interpolate(small, size=(image_size, image_size), mode="bilinear",
@@ -85,6 +89,7 @@ def _normalise(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> tor
     return x.sub_(mean[:, None, None]).div_(std[:, None, None])
 
 
+@ranged(**RANGES)
 def demo(cache_dir: str | os.PathLike | None = None, *, seed: int = 0,
          pool_fraction: float = 0.5, distractor_ratio: float = 1.0, image_size: int = 32,
          rebuild: bool = False) -> DataBundle:
@@ -148,7 +153,8 @@ def _load(file: Path) -> dict[str, np.ndarray] | None:
         with np.load(file) as data:
             arrays = {k: data[k] for k in _ARRAYS}
     except Exception as err:  # a truncated or foreign file: rebuild, never trust it
-        warnings.warn(f"ignoring unreadable demo cache {file} ({err}); rebuilding", stacklevel=3)
+        logging.getLogger(__name__).warning("ignoring unreadable demo cache %s (%s); "
+                                            "rebuilding", file, err)
         return None
     return arrays
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from betaweighter.data.arrays import TensorImages
 from betaweighter.data.bundle import DataBundle
 from betaweighter.data.cache import cache_dir as resolve_cache_dir
 from betaweighter.data.indexed import Indexed
+from betaweighter.data.options import SEED, Range, integer, ranged
 from betaweighter.data.splits import stratified_split
 from betaweighter.io import atomic_write_bytes
 
@@ -109,13 +110,17 @@ def _digits(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
     return (big[pick].clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).numpy()
 
 
+#: the allowed values of the numeric arguments (checked by `ranged`, and by the config)
+RANGES = dict(seed=SEED, shapes_per_class=integer(8),
+              pool_fraction=Range(0, 1, lo_open=True, hi_open=True), distractor_ratio=Range(0),
+              image_size=integer(8))
+
+
+@ranged(**RANGES)
 def build_mixture_arrays(seed: int = 0, shapes_per_class: int = 200, pool_fraction: float = 0.5,
                          distractor_ratio: float = 1.0, image_size: int = 32
                          ) -> dict[str, np.ndarray]:
     """The experiment as uint8 arrays (what the cache file holds); see `mixture`."""
-    if not 0 < pool_fraction < 1 or distractor_ratio < 0 or shapes_per_class < 8:
-        raise ValueError("need 0 < pool_fraction < 1, distractor_ratio >= 0 and "
-                         "shapes_per_class >= 8")
     rng = np.random.default_rng([seed, VERSION])
     labels = np.repeat(np.arange(len(SHAPES)), shapes_per_class)
     shapes = np.stack([_shape(rng, int(y), image_size) for y in labels])
@@ -138,6 +143,7 @@ def build_mixture_arrays(seed: int = 0, shapes_per_class: int = 200, pool_fracti
             "labels": labels, **parts}
 
 
+@ranged(**RANGES)
 def mixture(cache_dir: str | os.PathLike | None = None, *, seed: int = 0,
             shapes_per_class: int = 200, pool_fraction: float = 0.5,
             distractor_ratio: float = 1.0, image_size: int = 32,
@@ -200,6 +206,6 @@ def _load(file: Path) -> dict[str, np.ndarray] | None:
         with np.load(file) as data:
             return {k: data[k] for k in keys}
     except Exception as err:  # a truncated or foreign file: rebuild, never trust it
-        warnings.warn(f"ignoring unreadable mixture cache {file} ({err}); rebuilding",
-                      stacklevel=3)
+        logging.getLogger(__name__).warning("ignoring unreadable mixture cache %s (%s); "
+                                            "rebuilding", file, err)
         return None
