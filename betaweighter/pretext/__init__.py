@@ -1,5 +1,6 @@
 """Self-supervised pretext tasks, expressed as per-sample losses, and the augmentation
-presets applied to pool images before them."""
+presets applied to pool images before them; the gather that batch-coupled losses use
+under torch.distributed."""
 
 from betaweighter.pretext.augment import AUGMENTATIONS, PRESETS, Augment
 from betaweighter.pretext.base import Pretext, PretextBatch
@@ -11,12 +12,15 @@ from betaweighter.pretext.byol import (
     negative_cosine,
     simsiam_loss,
 )
+from betaweighter.pretext.gather import gather_rows
 from betaweighter.pretext.heads import mlp_head
 from betaweighter.pretext.moco import MoCoPretext, info_nce_loss
 from betaweighter.pretext.momentum import MomentumTarget, check_separate
 from betaweighter.pretext.rotation import RotationPretext, rotate4, rotation_loss
 from betaweighter.pretext.rpn import RPNPretext, check_boxes
 from betaweighter.pretext.simclr import SimCLRPretext, nt_xent_loss
+from betaweighter.pretext.sinkhorn import sinkhorn
+from betaweighter.pretext.swav import SwappedPrediction, SwAVPretext, swav_loss
 from betaweighter.pretext.twoview import TwoViewPretext
 from betaweighter.pretext.views import (
     TwoViews,
@@ -31,8 +35,9 @@ from betaweighter.pretext.views import (
 __all__ = [
     "AUGMENTATIONS", "PRESETS", "PSEUDO_BOX_METHODS", "Augment", "BYOLPretext", "MoCoPretext",
     "MomentumTarget", "Pretext", "PretextBatch", "PseudoBoxes", "RPNPretext", "RotationPretext",
-    "SimCLRPretext", "SimSiamPretext", "TwoViewPretext", "TwoViews", "ViewPool", "augment_pairs",
-    "byol_loss", "check_boxes", "check_separate", "filter_boxes", "info_nce_loss", "interleave",
-    "mlp_head", "negative_cosine", "nt_xent_loss", "rotate4", "rotation_loss", "simclr_view",
-    "simsiam_loss", "swap_views", "two_view_pipelines",
+    "SimCLRPretext", "SimSiamPretext", "SwAVPretext", "SwappedPrediction", "TwoViewPretext",
+    "TwoViews", "ViewPool", "augment_pairs", "byol_loss", "check_boxes", "check_separate",
+    "filter_boxes", "gather_rows", "info_nce_loss", "interleave", "mlp_head", "negative_cosine",
+    "nt_xent_loss", "rotate4", "rotation_loss", "simclr_view", "simsiam_loss", "sinkhorn",
+    "swap_views", "swav_loss", "two_view_pipelines",
 ]

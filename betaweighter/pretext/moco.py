@@ -22,8 +22,14 @@ same keys and never run the momentum encoder. `after_step` (after ``optimizer.st
 moves the momentum encoder and enqueues the batch's keys (one per image, from the first
 view).
 
+Several processes. Under torch.distributed, with ``gather_distributed`` (the default), the
+keys that join the queue are every process's (gathered in rank order, as MoCo's reference
+code does), so every process holds the same queue, the one a single process would hold
+after the concatenated batch.
+
 MoCo's shuffled BatchNorm (a multi-GPU trick against information leaking through batch
-statistics) is not reproduced: the key encoder's BatchNorm sees the whole key batch.
+statistics) is not reproduced: the key encoder's BatchNorm sees the whole key batch (under
+torch.distributed, the process's shard).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from torch import Tensor, nn
 
 from betaweighter.errors import LossShapeError
 from betaweighter.pretext.base import PretextBatch
+from betaweighter.pretext.gather import gather_rows
 from betaweighter.pretext.heads import mlp_head
 from betaweighter.pretext.momentum import MomentumTarget
 from betaweighter.pretext.twoview import Encoder, TwoViewPretext, feature_dim
@@ -65,14 +72,16 @@ def info_nce_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2)
 class MoCoPretext(TwoViewPretext):
     """MoCo v2 with a symmetrised loss: online encoder = backbone + MLP head (Linear-ReLU-
     Linear, `hidden_dim` -> `projection_dim`), key encoder = its momentum copy (`momentum`),
-    `queue_size` negative keys (a buffer, saved in checkpoints).
+    `queue_size` negative keys (a buffer, saved in checkpoints). `gather_distributed`:
+    under torch.distributed, every process's keys join the queue.
 
     See `TwoViewPretext` for `image_size`, `mean`, `std` and `augment`.
     """
 
     def __init__(self, backbone: nn.Module, *, temperature: float = 0.2,
                  projection_dim: int = 128, hidden_dim: int = 512, queue_size: int = 4096,
-                 momentum: float = 0.99, image_size: int | None = None,
+                 momentum: float = 0.99, gather_distributed: bool = True,
+                 image_size: int | None = None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  augment: dict[str, Any] | None = None) -> None:
         if temperature <= 0:
@@ -81,6 +90,7 @@ class MoCoPretext(TwoViewPretext):
             raise ValueError(f"queue_size must be a positive integer, got {queue_size!r}")
         super().__init__(backbone, image_size=image_size, mean=mean, std=std, augment=augment)
         self.temperature = float(temperature)
+        self.gather_distributed = bool(gather_distributed)
         self.projector = mlp_head(feature_dim(backbone), hidden_dim, projection_dim,
                                   batch_norm=False)
         self.target = MomentumTarget(self.online(), momentum)
@@ -102,7 +112,8 @@ class MoCoPretext(TwoViewPretext):
         positives = swap_views(keys)
         queue = self.queue.clone()  # this step's negatives, fixed before the keys join
         temperature = self.temperature
-        self._pending = keys[0::2].detach()
+        first = keys[0::2].detach()
+        self._pending = gather_rows(first)[0] if self.gather_distributed else first
 
         def loss(q: Tensor) -> Tensor:
             return info_nce_loss(q, positives, queue, temperature)

@@ -1,5 +1,6 @@
 """The two-view pretexts under MetaWeighter, in float64 on a tiny net: the forward-mode
-meta-gradient equals the double backward (the batch-coupled NT-Xent case included) and a
+meta-gradient equals the double backward (the batch-coupled NT-Xent and SwAV cases
+included; SwAV's codes are constants of the step, its queue in use) and a
 finite difference of real optimiser steps; the look-ahead never touches a target network;
 bad input gets one clear error each."""
 
@@ -21,6 +22,7 @@ from betaweighter.pretext import (
     MomentumTarget,
     SimCLRPretext,
     SimSiamPretext,
+    SwAVPretext,
 )
 
 N, B = 10, 3
@@ -29,6 +31,7 @@ PRETEXTS = {
     "moco": (MoCoPretext, {"queue_size": 16, "momentum": 0.9}),
     "byol": (BYOLPretext, {"momentum": 0.9}),
     "simsiam": (SimSiamPretext, {"predictor_hidden_dim": 4}),
+    "swav": (SwAVPretext, {"prototypes": 5, "queue_size": 4}),
 }
 OPTIMIZERS = {
     "sgd": (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}),
