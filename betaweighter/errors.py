@@ -8,7 +8,9 @@ its traceback.
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "BetaweighterError",
@@ -21,7 +23,23 @@ __all__ = [
     "NonFiniteLossError",
     "RunLockedError",
     "SharedParametersError",
+    "quote",
 ]
+
+#: The most characters of a value that an error message quotes.
+QUOTE_LIMIT = 200
+
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxlist, _repr.maxdict, _repr.maxtuple = 3, 8, 6, 8
+_repr.maxstring, _repr.maxother = 120, 120
+
+
+def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """`value` as a message quotes it: its repr, cut to `limit` characters. Nested and long
+    values are abbreviated without being expanded, so a YAML alias bomb (a few lines that
+    expand to millions of items) costs nothing to quote."""
+    text = _repr.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class BetaweighterError(Exception):

@@ -46,7 +46,11 @@ def resolve_device(name: str | torch.device | None = None, key: str = "device") 
         if device.index >= torch.cuda.device_count():
             raise ConfigError(f"{key}: {str(device)!r} does not exist; this machine has "
                               f"{torch.cuda.device_count()} GPU(s)")
-    elif device.type not in ("cpu", "mps"):
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"{key}: 'mps' was asked for but this machine has no Apple GPU "
+                              "that torch can use (MPS); use auto or cpu")
+    elif device.type != "cpu":
         raise ConfigError(f"{key}: device type {device.type!r} is not supported; use auto, "
                           "cpu, cuda or cuda:N")
     return device

@@ -140,8 +140,30 @@ def compare(config: Config | str | Path, seeds: Sequence[int] = (0, 1, 2),
     if not cfg.pruning.enabled or cfg.pruning.rule == "random":
         raise ConfigError("compare needs a config with pruning.enabled=true and a pruning rule "
                           "other than random (the bdw variant); set pruning.enabled=true")
-    directory = create_run_dir(out, f"{cfg.experiment.name}-compare", run_folders=False)
-    result = CompareResult(directory, [int(s) for s in seeds])
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ConfigError("compare needs at least one seed: give --seeds N with N >= 1")
+    root = Path(out).expanduser()
+    fresh_root = not root.exists()
+    directory = create_run_dir(root, f"{cfg.experiment.name}-compare", run_folders=False)
+    result = CompareResult(directory, seeds)
+    try:
+        _run_variants(cfg, result, variants)
+    except BaseException:
+        # a comparison that could not start its first run leaves no directory behind
+        if not any(directory.iterdir()):
+            directory.rmdir()
+            if fresh_root and not any(root.iterdir()):
+                root.rmdir()
+        raise
+    _summarise(result)
+    _write(result)
+    return result
+
+
+def _run_variants(cfg: Config, result: CompareResult, variants: Sequence[str]) -> None:
+    """Every variant for every seed of `result`, appended to ``result.runs``."""
+    directory = result.directory
     for seed in result.seeds:
         counts = None
         for variant in [v for v in VARIANTS if v in variants]:
@@ -167,9 +189,6 @@ def compare(config: Config | str | Path, seeds: Sequence[int] = (0, 1, 2),
             result.runs.setdefault(variant, []).append(
                 {"seed": seed, "run_dir": str(run_dir), "summary": summary,
                  "curve": _curve(rows, summary["train_seconds"])})
-    _summarise(result)
-    _write(result)
-    return result
 
 
 def verdict(result: CompareResult) -> str:

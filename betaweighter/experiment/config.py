@@ -245,12 +245,13 @@ def path_keys(cls: type = Config, prefix: str = "") -> list[str]:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.lr=0.01"`` -> (["train", "lr"], 0.01); the value is read as YAML."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.path=value (e.g. train.lr=0.01)")
+        raise ConfigError(f"override {quote(text)} must look like key.path=value (e.g. "
+                          "train.lr=0.01)")
     key, raw = text.split("=", 1)
     path = key.strip().split(".")
     if not all(path):
-        raise ConfigError(f"override {text!r}: empty part in key {key!r}")
-    return path, read_yaml(raw, f"the value of override {text!r}") if raw.strip() else None
+        raise ConfigError(f"override {quote(text)}: empty part in key {quote(key)}")
+    return path, read_yaml(raw, f"the value of override {quote(text)}") if raw.strip() else None
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -295,7 +296,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {k!r} is not a section")
+                raise ConfigError(f"override {quote(text)}: {quote(k)} is not a section")
         node[keys[-1]] = value
         if ".".join(keys) in path_keys() and isinstance(value, str):
             node[keys[-1]] = str(Path(value).expanduser().resolve())

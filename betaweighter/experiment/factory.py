@@ -14,7 +14,7 @@ from torch import nn
 
 import betaweighter as bw
 from betaweighter import data as bwdata
-from betaweighter.errors import CheckpointError, ConfigError
+from betaweighter.errors import BetaweighterError, CheckpointError, ConfigError
 from betaweighter.experiment.config import Config
 from betaweighter.meta.distributed import unwrap as dist_unwrap
 from betaweighter.meta.weighter import MetaWeighter
@@ -60,6 +60,19 @@ def checked_kwargs(fn: Callable, options: dict[str, Any], key: str,
 
 
 def build_data(cfg: Config, seed: int, splits: Any = None) -> bwdata.DataBundle:
+    """The data of ``cfg.data``. A builder's own check of its arguments (a ValueError or
+    TypeError, say a split larger than a class) becomes a ConfigError naming
+    ``data.options``; the errors about the files themselves pass unchanged."""
+    try:
+        return _build_data(cfg, seed, splits)
+    except BetaweighterError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"config section 'data.options' for data {cfg.data.name!r}: {e}"
+                          ) from None
+
+
+def _build_data(cfg: Config, seed: int, splits: Any) -> bwdata.DataBundle:
     d = cfg.data
     opts = dict(d.options)
     if d.name in ("demo", "mixture", "shapes"):  # determined by the seed: no split file
@@ -282,6 +295,17 @@ def build_pruner(cfg: Config, weights: InstanceWeights, in_domain: Any) -> Pruni
         raise ConfigError(f"config section 'pruning': {e}") from None
 
 
+def _check_depth(cfg: Config, image_size: int) -> None:
+    """Each conv-net block halves the input (a 2x2 max-pool), so ``model.blocks`` may not
+    exceed log2 of the image side: refused here, before torch fails inside a forward."""
+    blocks = cfg.model.blocks
+    if cfg.model.name == "convnet" and 2 ** blocks > image_size:
+        most = max(int(image_size).bit_length() - 1, 0)
+        raise ConfigError(f"config key 'model.blocks': {blocks} blocks halve the {image_size} "
+                          f"px images {blocks} times, below one pixel; at most {most} fit "
+                          f"(set model.blocks <= {most}, or use larger images)")
+
+
 def _check_sync_batchnorm(cfg: Config, device: torch.device) -> None:
     """SyncBatchNorm runs on GPUs only, and torch gives it no forward-mode derivative."""
     if device.type != "cuda":
@@ -324,6 +348,7 @@ def build(cfg: Config, splits: Any = None) -> Components:
     seed = cfg.experiment.seed
     device = resolve_device(cfg.train.device, key="config key 'train.device'")
     bundle = build_data(cfg, seed, splits)
+    _check_depth(cfg, int(bundle.image_size))
     torch.manual_seed(seed)
     name = cfg.pretext.name
     pretext, model_config = PRETEXT_BUILDERS[name](cfg, dict(cfg.pretext.options))

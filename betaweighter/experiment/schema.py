@@ -2,8 +2,10 @@
 
 `read_yaml` refuses duplicate keys; `build` checks every key against the dataclass's fields
 (unknown keys listed with the allowed ones), every value against its type hint (numbers in
-any form ``float()`` reads, and finite), and against the field's range metadata, naming the
-dotted key of anything wrong.
+any form ``float()`` reads, and finite), and against the field's range metadata (for a
+list: every item, and its least length), naming the dotted key of anything wrong. What a
+message quotes of a value is cut short (`betaweighter.errors.quote`), and a document nested
+too deeply or expanding to too many values through its aliases is refused as it is read.
 """
 
 from __future__ import annotations
@@ -16,9 +18,15 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from betaweighter.errors import ConfigError
+from betaweighter.data.options import Range
+from betaweighter.errors import ConfigError, quote
 
-__all__ = ["build", "join", "read_yaml"]
+__all__ = ["MAX_DEPTH", "MAX_VALUES", "build", "join", "read_yaml"]
+
+#: The deepest nesting and the most values (aliases expanded) a YAML document may hold: far
+#: beyond any config, far below what exhausts the stack or the memory.
+MAX_DEPTH = 50
+MAX_VALUES = 100_000
 
 
 # --- YAML without duplicate keys ----------------------------------------------------------
@@ -31,7 +39,7 @@ def _mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) 
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+            raise ConfigError(f"duplicate key {quote(key)} at line {key_node.start_mark.line + 1} "
                               f"(first at line {seen[key] + 1}): keep one of them")
         seen[key] = key_node.start_mark.line
     return loader.construct_mapping(node, deep=deep)
@@ -43,12 +51,37 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _m
 def read_yaml(text: str, where: str) -> Any:
     """Parse YAML strictly (no duplicate keys); any problem is a ConfigError naming `where`."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)
+        loaded = yaml.load(text, Loader=_StrictLoader)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     except yaml.YAMLError as e:
         detail = " ".join(str(e).split())
         raise ConfigError(f"{where} is not valid YAML: {detail}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} is nested too deeply to read (at most {MAX_DEPTH} "
+                          "levels)") from None
+    _check_size(loaded, where)
+    return loaded
+
+
+def _check_size(value: Any, where: str) -> None:
+    """Refuse a document deeper than MAX_DEPTH or holding more than MAX_VALUES values once
+    its aliases are expanded (a YAML alias bomb), walking without recursion and stopping
+    at the limit, so neither costs more than the limit."""
+    stack, count = [(value, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ConfigError(f"{where} holds more than {MAX_VALUES} values once its YAML "
+                              "aliases (*name) are expanded: write the values out, or use "
+                              "fewer aliases")
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{where} is nested more than {MAX_DEPTH} levels deep")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
 
 
 # --- type checking ------------------------------------------------------------------------
@@ -66,7 +99,7 @@ def _describe(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
-    bad = ConfigError(f"config key {key!r}: expected {_describe(tp)}, got {value!r}")
+    bad = _Bad(key, tp, value)
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise bad
@@ -104,6 +137,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} for {key}")
 
 
+class _Bad(ConfigError):
+    """A wrong type: its message (the expected type, the value quoted) is only made when
+    it is shown, since most are caught while a union tries its members."""
+
+    def __init__(self, key: str, tp: Any, value: Any) -> None:
+        super().__init__(key)
+        self.key, self.tp, self.value = key, tp, value
+
+    def __str__(self) -> str:
+        return (f"config key {self.key!r}: expected {_describe(self.tp)}, got "
+                f"{quote(self.value)}")
+
+
 def _number(value: Any, key: str, bad: ConfigError) -> float:
     """A finite float from a number or from any string Python's float() reads."""
     if isinstance(value, bool):
@@ -117,32 +163,29 @@ def _number(value: Any, key: str, bad: ConfigError) -> float:
         raise bad
     value = float(value)
     if not math.isfinite(value):
-        raise ConfigError(f"config key {key!r}: must be a finite number, got {value!r}")
+        raise ConfigError(f"config key {key!r}: must be a finite number, got {quote(value)}")
     return value
 
 
 def _check_range(value: Any, f: dataclasses.Field, key: str) -> None:
-    if "range" not in f.metadata or value is None:
-        return
-    lo, hi, lo_open, hi_open = f.metadata["range"]
-    if (lo is not None and (value < lo or (lo_open and value == lo))) or (
-            hi is not None and (value > hi or (hi_open and value == hi))):
-        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-        lo_s = "-inf" if lo is None else lo
-        hi_s = "inf" if hi is None else hi
-        raise ConfigError(f"config key {key!r}: {value!r} is out of range "
-                          f"{left}{lo_s}, {hi_s}{right}")
+    if "range" not in f.metadata or value is None or isinstance(value, str):
+        return  # null, or a named choice of a union (pruning.control: cdf)
+    allowed = Range(*f.metadata["range"], min_items=f.metadata.get("min_items", 0))
+    found = allowed.problems(value, key)
+    if found:
+        raise ConfigError(f"config key {found[0][0]!r}: {found[0][1]}")
 
 
 def build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"config key {prefix or '<root>'!r}: expected a mapping, got {data!r}")
+        raise ConfigError(f"config key {prefix or '<root>'!r}: expected a mapping, got "
+                          f"{quote(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in data:
         if k not in fields:
             where = f"section {prefix!r}" if prefix else "the top level"
-            raise ConfigError(f"unknown config key {join(prefix, str(k))!r}; allowed keys in "
+            raise ConfigError(f"unknown config key {quote(join(prefix, str(k)))}; allowed keys in "
                               f"{where}: " + ", ".join(fields))
     kwargs = {}
     for name, f in fields.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from betaweighter.data.options import MAX_SEED
 from betaweighter.data.transfer_sets import TRANSFER_DATASETS
 from betaweighter.evaluate.invariance_transforms import PROTOCOLS, TRANSFORMS
 
@@ -21,15 +22,21 @@ __all__ = ["PATH", "ClassificationData", "CocoSource", "DetectionData", "Detecti
 
 
 def span(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-         hi_open: bool = False) -> dict:
-    """Field metadata: the allowed range of a number (open or closed at each end)."""
-    return {"range": (lo, hi, lo_open, hi_open)}
+         hi_open: bool = False, min_items: int = 0) -> dict:
+    """Field metadata: the allowed range of a number (open or closed at each end); for a
+    list, of each item, and the list's least length `min_items`."""
+    return {"range": (lo, hi, lo_open, hi_open), "min_items": min_items}
 
 
 #: Field metadata: a path, resolved against the config file's folder (or the working
 #: directory for --set).
 PATH = {"path": True}
 _range = span
+#: Field metadata of a seed (numpy's and scikit-learn's generators take seeds below 2**32),
+#: of a list of seeds, and of a normalisation's standard deviations (positive).
+SEED = span(0, MAX_SEED)
+SEEDS = span(0, MAX_SEED, min_items=1)
+STD = span(0, lo_open=True)
 TRANSFER_NAMES = tuple(TRANSFER_DATASETS)
 
 
@@ -50,17 +57,19 @@ class ClassificationData:
 class _TaskCommon:
     batch_size: int = field(default=64, metadata=_range(1))
     num_workers: int = field(default=0, metadata=_range(0))
-    seed: int = field(default=0, metadata=_range(0))
+    seed: int = field(default=0, metadata=SEED)
     # null: the image size and normalisation the checkpoint was pre-trained with
     image_size: int | None = field(default=None, metadata=_range(8))
     mean: list[float] | None = None
-    std: list[float] | None = None
+    std: list[float] | None = field(default=None, metadata=STD)
 
 
 @dataclass
 class LinearTask(_TaskCommon):
     data: ClassificationData = field(default_factory=ClassificationData)
-    c_values: list[float] | None = None  # null: the 45-value grid of arXiv:2011.13377
+    # null: the 45-value grid of arXiv:2011.13377
+    c_values: list[float] | None = field(default=None, metadata=_range(0, lo_open=True,
+                                                                       min_items=1))
     max_iter: int = field(default=1000, metadata=_range(1))
     metric: Literal["top1", "mean_per_class"] = "top1"
     standardize: bool = False
@@ -89,8 +98,10 @@ class FinetuneTask(_TaskCommon):
     data: ClassificationData = field(default_factory=ClassificationData)
     steps: int = field(default=5000, metadata=_range(1))
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lrs: list[float] = field(default_factory=lambda: [0.1, 0.01, 0.001])
-    weight_decays: list[float] = field(default_factory=lambda: [0.0, 1e-4])
+    lrs: list[float] = field(default_factory=lambda: [0.1, 0.01, 0.001],
+                             metadata=_range(0, lo_open=True, min_items=1))
+    weight_decays: list[float] = field(default_factory=lambda: [0.0, 1e-4],
+                                       metadata=_range(0, min_items=1))
     momentum: float = field(default=0.9, metadata=_range(0, 1))
     metric: Literal["top1", "mean_per_class"] = "top1"
     refit: bool = True
@@ -110,7 +121,8 @@ class FewShotDetection:
     # Novel classes by name; null: TFA's VOC split `split` (1, 2 or 3).
     novel_classes: list[str] | None = None
     split: int = field(default=1, metadata=_range(1, 3))
-    shots: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 10])
+    shots: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 10],
+                             metadata=_range(1, min_items=1))
     # tfa: base training, then only the box predictor on the K-shot set; direct: the whole
     # detector on the K-shot set, from the initialisation.
     finetune: Literal["tfa", "direct"] = "tfa"
@@ -124,27 +136,31 @@ class DetectionTask:
     # pre-training checkpoint (pretext rpn), the rest starts fresh.
     init: Literal["backbone", "rpn"] = "backbone"
     # null: the checkpoint's (init: rpn) or torchvision's defaults
-    anchor_sizes: list[int] | None = None
-    aspect_ratios: list[float] | None = None
+    anchor_sizes: list[int] | None = field(default=None, metadata=_range(1, min_items=1))
+    aspect_ratios: list[float] | None = field(default=None,
+                                              metadata=_range(0, lo_open=True, min_items=1))
     # full: one run on all training images; label_scarce: each of `fractions` of the
     # images, for each of `seeds`; few_shot: the K-shot protocol of `few_shot`.
     protocol: Literal["full", "label_scarce", "few_shot"] = "full"
-    fractions: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1],
+                                   metadata=_range(0, 1, lo_open=True, min_items=1))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata=SEEDS)
     few_shot: FewShotDetection = field(default_factory=FewShotDetection)
     batch_size: int = field(default=2, metadata=_range(1))
     num_workers: int = field(default=0, metadata=_range(0))
-    seed: int = field(default=0, metadata=_range(0))
+    seed: int = field(default=0, metadata=SEED)
     mean: list[float] | None = None
-    std: list[float] | None = None
+    std: list[float] | None = field(default=None, metadata=STD)
     trainable_layers: int = field(default=1, metadata=_range(0, 5))
     images: int = field(default=288_000, metadata=_range(1))
     lr: float | None = field(default=None, metadata=_range(0, lo_open=True))
     momentum: float = field(default=0.9, metadata=_range(0, 1))
     weight_decay: float = field(default=1e-4, metadata=_range(0))
     warmup_images: int = field(default=200, metadata=_range(0))
-    lr_steps: list[float] = field(default_factory=lambda: [2 / 3, 8 / 9])
-    min_size: list[int] = field(default_factory=lambda: list(range(480, 801, 32)))
+    lr_steps: list[float] = field(default_factory=lambda: [2 / 3, 8 / 9],
+                                  metadata=_range(0, 1))
+    min_size: list[int] = field(default_factory=lambda: list(range(480, 801, 32)),
+                                metadata=_range(1, min_items=1))
     max_size: int = field(default=1333, metadata=_range(1))
     score_threshold: float = field(default=0.05, metadata=_range(0, 1))
     detections_per_image: int = field(default=100, metadata=_range(1))
@@ -174,12 +190,12 @@ class InvarianceTask:
     # auto (Ledoit-Wolf when the reference set is too small), none, ledoit_wolf, or [0, 1]
     shrinkage: Literal["auto", "none", "ledoit_wolf"] | float = "auto"
     batch_size: int = field(default=64, metadata=_range(1))
-    seed: int = field(default=0, metadata=_range(0))
+    seed: int = field(default=0, metadata=SEED)
     # null: the checkpoint's training input; resize null = image_size x 256 / 224
     image_size: int | None = field(default=None, metadata=_range(8))
     resize: int | None = field(default=None, metadata=_range(8))
     mean: list[float] | None = None
-    std: list[float] | None = None
+    std: list[float] | None = field(default=None, metadata=STD)
 
 
 @dataclass
@@ -221,14 +237,15 @@ class SegmentationTask:
     # Training crop side; null: the checkpoint's pre-training image size.
     image_size: int | None = field(default=None, metadata=_range(8))
     # The shorter side is first rescaled to a random multiple of image_size in this range.
-    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0],
+                                     metadata=_range(0, lo_open=True, min_items=2))
     hflip: bool = True  # random horizontal flips in training
     # Test images' shorter side (null: image_size); scored at their original mask size.
     test_size: int | None = field(default=None, metadata=_range(8))
     num_workers: int = field(default=0, metadata=_range(0))  # data-loading processes
-    seed: int = field(default=0, metadata=_range(0))  # crops, flips, order and the head's init
+    seed: int = field(default=0, metadata=SEED)  # crops, flips, order and the head's init
     mean: list[float] | None = None  # null: the checkpoint's normalisation
-    std: list[float] | None = None
+    std: list[float] | None = field(default=None, metadata=STD)
 
 
 @dataclass
@@ -254,8 +271,9 @@ class InstanceSegmentationTask:
     # pre-training checkpoint (pretext rpn); the box and mask heads start fresh.
     init: Literal["backbone", "rpn"] = "backbone"
     # null: the checkpoint's (init: rpn) or torchvision's defaults
-    anchor_sizes: list[int] | None = None
-    aspect_ratios: list[float] | None = None
+    anchor_sizes: list[int] | None = field(default=None, metadata=_range(1, min_items=1))
+    aspect_ratios: list[float] | None = field(default=None,
+                                              metadata=_range(0, lo_open=True, min_items=1))
     trainable_layers: int = field(default=3, metadata=_range(0, 5))  # trunk stages that train
     images: int = field(default=1_440_000, metadata=_range(1))  # 90k iterations x 16
     batch_size: int = field(default=2, metadata=_range(1))  # images per step
@@ -264,15 +282,19 @@ class InstanceSegmentationTask:
     momentum: float = field(default=0.9, metadata=_range(0, 1))  # SGD momentum
     weight_decay: float = field(default=1e-4, metadata=_range(0))  # SGD weight decay
     warmup_images: int = field(default=16_000, metadata=_range(0))  # linear warm-up
-    lr_steps: list[float] = field(default_factory=lambda: [2 / 3, 8 / 9])  # lr / 10 at these
+    lr_steps: list[float] = field(default_factory=lambda: [2 / 3, 8 / 9],
+                                  metadata=_range(0, 1))  # lr / 10 at these
     # Shorter side per training image, drawn from the list; the last one is the test size.
-    min_size: list[int] = field(default_factory=lambda: list(range(640, 801, 32)))
+    min_size: list[int] = field(default_factory=lambda: list(range(640, 801, 32)),
+                                metadata=_range(1, min_items=1))
     max_size: int = field(default=1333, metadata=_range(1))  # longer side at most
     score_threshold: float = field(default=0.05, metadata=_range(0, 1))  # kept detections
     detections_per_image: int = field(default=100, metadata=_range(1))  # at most, scored
     mask_threshold: float = field(default=0.5, metadata=_range(0, 1, True, True))  # mask pixels
+    # Proposals sampled per training image for the box and mask heads (<= 1/4 positive).
+    rois_per_image: int = field(default=512, metadata=_range(1))
     hflip: bool = True  # random horizontal flips in training
     num_workers: int = field(default=0, metadata=_range(0))  # data-loading processes
-    seed: int = field(default=0, metadata=_range(0))  # image order, flips, heads' init
+    seed: int = field(default=0, metadata=SEED)  # image order, flips, heads' init
     mean: list[float] | None = None  # null: the checkpoint's normalisation
-    std: list[float] | None = None
+    std: list[float] | None = field(default=None, metadata=STD)

@@ -12,7 +12,6 @@ from betaweighter.data.sources.shapes import (
     write_shapes_coco,
     write_shapes_voc,
 )
-from betaweighter.errors import DataError
 
 
 def test_a_scene_box_is_the_exact_extent_of_its_shape():
@@ -51,5 +50,5 @@ def test_the_bundle_mixes_scenes_and_distractors():
     image, target = b.detection_target[0]
     assert image.shape == (3, 32, 32) and target["boxes"].shape[1] == 4
     assert len(b.target_train) > 0 and set(b.target_train.targets) <= {0, 1, 2}
-    with pytest.raises(DataError, match="pool is empty"):
+    with pytest.raises(ValueError, match="pool_images: 0 is out of range"):
         shapes(pool_images=0)

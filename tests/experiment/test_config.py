@@ -30,7 +30,7 @@ def test_defaults_and_typed_overrides(tmp_path):
     ("trian:\n  lr: 0.1\n", r"unknown config key 'trian'.*top level"),
     ("train:\n  lr: 0.1\n  lr: 0.2\n", r"duplicate key 'lr' at line 3 \(first at line 2\)"),
     ("train:\n  epochs: ten\n", r"'train.epochs': expected an integer, got 'ten'"),
-    ("train:\n  lr: -0.1\n", r"'train.lr': -0.1 is out of range \(0, inf\]"),
+    ("train:\n  lr: -0.1\n", r"'train.lr': -0.1 is out of range \(0, inf\)"),
     ("pruning:\n  delta: 1.5\n", r"'pruning.delta': 1.5 is out of range \[0, 1\)"),
     ("train:\n  lr: .nan\n", r"'train.lr': must be a finite number, got nan"),
     ("train:\n  lr: .inf\n", r"'train.lr': must be a finite number, got inf"),

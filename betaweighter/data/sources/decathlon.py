@@ -29,6 +29,7 @@ from betaweighter.data.bundle import DataBundle
 from betaweighter.data.cache import memoize_json
 from betaweighter.data.images import read_image
 from betaweighter.data.indexed import Indexed
+from betaweighter.data.options import SEED, Range, integer, ranged
 from betaweighter.data.splits import SplitsArg, resolve_splits, stratified_split
 from betaweighter.data.transforms import channel_stats, eval_transform, train_transform
 from betaweighter.data.views import Transformed
@@ -145,6 +146,9 @@ def domain_stats(raw: DecathlonRaw, items: int,
     return tuple(mean), tuple(std)
 
 
+@ranged(seed=SEED, labelled_fraction=Range(0, 1, lo_open=True),
+        val_test_fraction=Range(0, 1, lo_open=True, hi_open=True), resize=integer(1),
+        crop=integer(1), stats_items=integer(1))
 def decathlon(
     root: str | os.PathLike,
     target: str,
@@ -182,9 +186,8 @@ def decathlon(
     if target in others:
         raise ValueError("pool_domains must not contain the target; use target_unlabelled")
     bad = [s for s in pool_splits if s not in SPLITS]
-    if bad or not 0 < labelled_fraction <= 1 or not 0 < val_test_fraction < 1:
-        raise ValueError(f"need pool_splits from {SPLITS} (got {list(pool_splits)}), "
-                         "0 < labelled_fraction <= 1 and 0 < val_test_fraction < 1")
+    if bad:
+        raise ValueError(f"need pool_splits from {SPLITS}, got {list(pool_splits)}")
     train = DecathlonRaw(root, target, "train")
     test = DecathlonRaw(root, target, "val")
     names = ("val_train", "val_test", "target_unlabelled")

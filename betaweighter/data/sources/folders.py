@@ -25,6 +25,7 @@ from betaweighter.data.bundle import DataBundle
 from betaweighter.data.domains import read_domains
 from betaweighter.data.images import IMAGE_EXTENSIONS, check_image, read_image
 from betaweighter.data.indexed import Indexed
+from betaweighter.data.options import SEED, Range, integer, ranged
 from betaweighter.data.scan import FileId, check_disjoint, scan_images
 from betaweighter.data.splits import SplitsArg, resolve_splits, stratified_split
 from betaweighter.data.transforms import channel_stats, eval_transform, train_transform
@@ -107,6 +108,9 @@ class FolderRaw(Dataset):
         return read_image(self.files[i]), label
 
 
+@ranged(seed=SEED, val_test_fraction=Range(0, 1, lo_open=True, hi_open=True),
+        test_fraction=Range(0, 1, hi_open=True), resize=integer(1), crop=integer(1),
+        stats_items=integer(1))
 def image_folders(
     pool_root: str | os.PathLike,
     target_root: str | os.PathLike,
@@ -144,8 +148,6 @@ def image_folders(
                                         pool.files, pool.ids)
     target = FolderRaw(target_root, labelled=True)
     test_raw = None if test_root is None else _test_folder(test_root, target, target_root)
-    if not 0 < val_test_fraction < 1 or not 0 <= test_fraction < 1:
-        raise ValueError("need 0 < val_test_fraction < 1 and 0 <= test_fraction < 1")
     names = ("val_train", "val_test") + (("test",) if test_root is None else ())
     held = test_fraction if test_root is None else 0.0
     sizes: dict[str, float | None] = {"test": held} if test_root is None else {}

@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from betaweighter.data.arrays import TensorImages
 from betaweighter.data.bundle import DataBundle
 from betaweighter.data.indexed import Indexed
-from betaweighter.errors import DataError
+from betaweighter.data.options import SEED, Range, integer, ranged
 
 __all__ = ["SHAPE_CLASSES", "BoxedImages", "distractor_image", "shapes", "shapes_scene",
            "write_shapes_coco", "write_shapes_voc"]
@@ -208,6 +208,9 @@ def _crops(scenes: list[tuple], crop: int) -> tuple[Tensor, np.ndarray]:
     return torch.stack(out).clamp(0, 255).round().to(torch.uint8), np.asarray(labels)
 
 
+@ranged(seed=SEED, pool_images=integer(1), distractor_ratio=Range(0),
+        image_size=integer(16), target_scenes=integer(6), crop_size=integer(8),
+        detection_target_images=integer(1))
 def shapes(*, seed: int = 0, pool_images: int = 400, distractor_ratio: float = 1.0,
            image_size: int = 96, target_scenes: int = 60, crop_size: int = 32,
            detection_target_images: int = 16) -> DataBundle:
@@ -223,11 +226,6 @@ def shapes(*, seed: int = 0, pool_images: int = 400, distractor_ratio: float = 1
         crop_size: side of the target crops.
         detection_target_images: labelled scenes (with boxes) in ``detection_target``.
     """
-    if pool_images < 1:
-        raise DataError(f"the shapes pool is empty (pool_images={pool_images}); give at "
-                        "least one image")
-    if target_scenes < 6 or distractor_ratio < 0:
-        raise ValueError("need target_scenes >= 6 and distractor_ratio >= 0")
     rng = np.random.default_rng([seed, 7])
     scenes = _scenes(pool_images, image_size, seed, 100)
     n_distractors = int(round(distractor_ratio * pool_images))
