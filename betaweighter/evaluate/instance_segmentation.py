@@ -51,10 +51,16 @@ MASK_PARTS = ("roi_heads.mask_head", "roi_heads.mask_predictor")
 TRAIN_SIZES = tuple(range(640, 801, 32))
 
 
-def build_mask_rcnn(backbone: nn.Module, num_classes: int, **options: Any) -> MaskRCNN:
+def build_mask_rcnn(backbone: nn.Module, num_classes: int, *, rois_per_image: int = 512,
+                    **options: Any) -> MaskRCNN:
     """Mask R-CNN + FPN on a copy of the backbone's ResNet with frozen BatchNorm; `options`
-    are `build_faster_rcnn`'s (trainable_layers, min_size, max_size, image_mean, ...)."""
-    return build_faster_rcnn(backbone, num_classes, detector=MaskRCNN, **options)
+    are `build_faster_rcnn`'s (trainable_layers, min_size, max_size, image_mean, ...).
+    `rois_per_image` proposals per training image are sampled for the box and mask heads
+    (up to a quarter of them positive): 512 in torchvision and detectron2; the mask head's
+    cost grows with it, so tiny data may take fewer."""
+    model = build_faster_rcnn(backbone, num_classes, detector=MaskRCNN, **options)
+    model.roi_heads.fg_bg_sampler.batch_size_per_image = int(rois_per_image)
+    return model
 
 
 @torch.no_grad()
@@ -107,7 +113,8 @@ def evaluate_instance_segmentation(
         min_size: int | Sequence[int] = TRAIN_SIZES, max_size: int = 1333,
         image_mean: Sequence[float] = IMAGENET_MEAN, image_std: Sequence[float] = IMAGENET_STD,
         score_threshold: float = 0.05, detections_per_image: int = 100,
-        mask_threshold: float = 0.5, num_workers: int = 0, device: Any = None, seed: int = 0,
+        mask_threshold: float = 0.5, rois_per_image: int = 512, num_workers: int = 0,
+        device: Any = None, seed: int = 0,
         detector_init: dict[str, Any] | None = None, anchor_sizes: Sequence[int] = ANCHOR_SIZES,
         aspect_ratios: Sequence[float] = ASPECT_RATIOS,
         **train_options: Any) -> dict[str, Any]:
@@ -128,7 +135,8 @@ def evaluate_instance_segmentation(
                             min_size=min_size, max_size=max_size, image_mean=image_mean,
                             image_std=image_std, score_threshold=score_threshold,
                             detections_per_image=detections_per_image,
-                            anchor_sizes=anchor_sizes, aspect_ratios=aspect_ratios)
+                            anchor_sizes=anchor_sizes, aspect_ratios=aspect_ratios,
+                            rois_per_image=rois_per_image)
     if detector_init is not None:
         report = load_detector_init(model, detector_init)
         report["fresh"] += list(MASK_PARTS)
