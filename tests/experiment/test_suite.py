@@ -4,6 +4,7 @@ one-line errors for a bad suite file."""
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -280,3 +281,14 @@ def test_headline_must_name_a_number(world):
     with pytest.raises(ConfigError, match="has no 'calibration/no_such_key'"):
         run_suite(_suite(root, bad, models=("a",), name="headline.yaml"), root / "h", "cpu")
     assert cell_path(root / "h", "a", "folders").is_file()  # the result is kept
+
+
+def test_the_example_suite_reads():
+    example = Path(__file__).resolve().parents[2] / "examples" / "transfer_suite.yaml"
+    suite = load_suite(example)
+    assert [m.name for m in suite.models][:2] == ["supervised", "moco-v2"]
+    assert {t.protocol for t in suite.tasks} == {"linear", "fewshot", "detection",
+                                                 "segmentation"}
+    dtd = next(t for t in suite.tasks if t.name == "dtd")
+    assert dtd.options["data"]["root"] == str(example.parent / "data")
+    assert suite.output == example.parent / "transfer-suite-results"
