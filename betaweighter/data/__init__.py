@@ -6,7 +6,8 @@ Builders return a `DataBundle` (pool, target_train, target_val, test, ...):
 data and drawn shapes: `demo`, `mixture` and `shapes` (detection scenes). Pools yield
 ``(image, index)``; `Indexed` wraps any dataset the same way.
 `labelled_folder_splits` and `pooled_folders` read downstream classification tasks for the
-evaluators, `load_coco` and `load_voc` detection sets.
+evaluators, `load_coco` and `load_voc` detection sets (``masks=True``: COCO instance masks),
+`load_voc_segmentation` and `load_mask_folder` semantic-segmentation sets.
 """
 
 from betaweighter.data.arrays import TensorImages
@@ -19,6 +20,11 @@ from betaweighter.data.labelled import labelled_folder_splits, pooled_folders
 from betaweighter.data.labels import labels_of
 from betaweighter.data.loaders import forever
 from betaweighter.data.sampler import SubsetEpochSampler
+from betaweighter.data.segmentation import (
+    SegmentationDataset,
+    load_mask_folder,
+    load_voc_segmentation,
+)
 from betaweighter.data.sources.decathlon import DOMAINS as DECATHLON_DOMAINS
 from betaweighter.data.sources.decathlon import DecathlonRaw, decathlon
 from betaweighter.data.sources.demo import demo
@@ -60,6 +66,7 @@ __all__ = [
     "FolderRaw",
     "Indexed",
     "STL10Raw",
+    "SegmentationDataset",
     "SubsetEpochSampler",
     "TensorImages",
     "Transformed",
@@ -75,8 +82,10 @@ __all__ = [
     "labelled_folder_splits",
     "labels_of",
     "load_coco",
+    "load_mask_folder",
     "load_splits",
     "load_voc",
+    "load_voc_segmentation",
     "mixture",
     "pooled_folders",
     "save_splits",

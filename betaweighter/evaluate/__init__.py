@@ -6,8 +6,11 @@ arXiv:2011.13377) with the fragile parts of its research code fixed: a linear pr
 calibration (`linear_probe`), few-shot episodes (`evaluate_fewshot`), fine-tuning
 (`evaluate_finetune`) and Faster R-CNN object detection (`evaluate_detection`, starting
 from an RPN pre-training checkpoint with `load_detector_init`; label-scarce and few-shot
-protocols in `evaluate_label_scarce` and `evaluate_few_shot_detection`). The
-command ``betaweighter evaluate`` runs them on a checkpoint from a config.
+protocols in `evaluate_label_scarce` and `evaluate_few_shot_detection`), semantic
+segmentation with torchvision's FCN or DeepLabV3 head on the spatial trunk
+(`evaluate_segmentation`, `spatial_trunk`) and Mask R-CNN instance segmentation
+(`evaluate_instance_segmentation`). The command ``betaweighter evaluate`` runs them on a
+checkpoint from a config.
 
 What the features became, after "Why Do Self-Supervised Models Transfer?" (Ericsson,
 Gouk and Hospedales, arXiv:2111.11398): invariance to synthetic transformations
@@ -20,6 +23,7 @@ from betaweighter.evaluate.calibration import (
     expected_calibration_error,
     fit_temperature,
 )
+from betaweighter.evaluate.dense import spatial_trunk
 from betaweighter.evaluate.detection import (
     build_faster_rcnn,
     evaluate_detection,
@@ -36,6 +40,10 @@ from betaweighter.evaluate.features import extract_features
 from betaweighter.evaluate.fewshot import Episodes, evaluate_fewshot, fit_fewshot, make_episodes
 from betaweighter.evaluate.finetune import evaluate_finetune
 from betaweighter.evaluate.fusion import FUSION_MODES, FusedBackbone, fuse
+from betaweighter.evaluate.instance_segmentation import (
+    build_mask_rcnn,
+    evaluate_instance_segmentation,
+)
 from betaweighter.evaluate.invariance import measure_invariance, reference_stats, to_uint8
 from betaweighter.evaluate.invariance_table import InvarianceTable
 from betaweighter.evaluate.invariance_transforms import TRANSFORMS
@@ -47,6 +55,8 @@ from betaweighter.evaluate.metrics import (
     mean_per_class_accuracy,
     voc07_ap11,
 )
+from betaweighter.evaluate.segmentation import build_segmenter, evaluate_segmentation
+from betaweighter.evaluate.segmentation_metrics import confusion_matrix, segmentation_scores
 from betaweighter.evaluate.view_invariance import measure_view_invariance, read_view_groups
 from betaweighter.evaluate.whitening import FeatureStats
 
@@ -60,13 +70,18 @@ __all__ = [
     "InvarianceTable",
     "accuracy",
     "build_faster_rcnn",
+    "build_mask_rcnn",
+    "build_segmenter",
     "calibration_report",
     "coco_box_metrics",
+    "confusion_matrix",
     "evaluate_detection",
     "evaluate_few_shot_detection",
     "evaluate_label_scarce",
     "evaluate_fewshot",
     "evaluate_finetune",
+    "evaluate_instance_segmentation",
+    "evaluate_segmentation",
     "expected_calibration_error",
     "extract_features",
     "few_shot_set",
@@ -84,7 +99,9 @@ __all__ = [
     "measure_view_invariance",
     "read_view_groups",
     "reference_stats",
+    "segmentation_scores",
     "select_c",
+    "spatial_trunk",
     "to_uint8",
     "voc07_ap11",
     "voc07_detection_ap",
