@@ -44,7 +44,7 @@ from betaweighter.pretext.augment import AUGMENTATIONS, PRESETS
 __all__ = ["METHODS", "Config", "ConfigError", "dump_config", "load_config", "parse_override"]
 
 METHODS = ("cluster", "bdw", "dw", "l2rw", "nn", "weightnet", "heuristic", "random", "rotnet")
-PRETEXTS = ("rotation", "rpn", "simclr", "moco", "byol", "simsiam")
+PRETEXTS = ("rotation", "rpn", "simclr", "moco", "byol", "simsiam", "swav")
 AUGMENT_PRESETS = tuple(PRESETS)
 
 

@@ -26,6 +26,7 @@ from betaweighter.pretext.moco import MoCoPretext
 from betaweighter.pretext.rotation import RotationPretext
 from betaweighter.pretext.rpn import RPNPretext, resnet_model_config
 from betaweighter.pretext.simclr import SimCLRPretext
+from betaweighter.pretext.swav import SwAVPretext
 from betaweighter.pretext.twoview import TwoViewPretext
 from betaweighter.pretext.views import simclr_view
 from betaweighter.pruning import PruningScheduler
@@ -135,7 +136,7 @@ def _rotation(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, 
 
 def _two_view(cls: type[TwoViewPretext]) -> Callable[[Config, dict[str, Any]],
                                                       tuple[Pretext, dict[str, Any]]]:
-    """A builder for a two-view pretext (SimCLR, MoCo, BYOL, SimSiam): the backbone keeps
+    """A builder for a two-view pretext (SimCLR, MoCo, BYOL, SimSiam, SwAV): the backbone keeps
     the rotation head (unused and frozen) so that `load_backbone` rebuilds it; the view
     pipelines are built from the data in `build` (`Pretext.bind_data`)."""
 
@@ -188,7 +189,7 @@ def _rpn(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, Any]]
 #: pretexts that draw their own two views (pretext.options.augment)
 TWO_VIEW: dict[str, type[TwoViewPretext]] = {
     "simclr": SimCLRPretext, "moco": MoCoPretext, "byol": BYOLPretext,
-    "simsiam": SimSiamPretext}
+    "simsiam": SimSiamPretext, "swav": SwAVPretext}
 
 #: pretext name -> builder(cfg, options) -> (pretext module, model_config of its backbone)
 PRETEXT_BUILDERS: dict[str, Callable[[Config, dict[str, Any]],
