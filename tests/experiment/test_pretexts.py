@@ -25,10 +25,11 @@ FILES = ["config.yaml", "run.json", "splits.json", "metrics.csv", "weights.csv",
 SMALL = "pretext.options={hidden_dim: 16, projection_dim: 8}"
 pytestmark = pytest.mark.usefixtures("one_thread")
 TARGETS = {"moco": ("target.net.", "queue", "queue_ptr"), "byol": ("target.net.",),
-           "simclr": ("projector.",), "simsiam": ("projector.", "predictor.")}
+           "simclr": ("projector.",), "simsiam": ("projector.", "predictor."),
+           "swav": ("projector.", "prototypes.")}
 
 
-@pytest.mark.parametrize("name", ["simclr", "moco", "byol", "simsiam"])
+@pytest.mark.parametrize("name", ["simclr", "moco", "byol", "simsiam", "swav"])
 def test_each_pretext_runs_an_epoch_and_writes_a_complete_run(name, tmp_path):
     cfg = load_config(overrides=TINY + [f"experiment.output_root={tmp_path}", "train.epochs=1",
                                         f"pretext.name={name}", SMALL,
@@ -86,7 +87,7 @@ def test_pretext_options_are_checked_against_the_class(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["simclr", "moco", "byol", "simsiam"])
+@pytest.mark.parametrize("name", ["simclr", "moco", "byol", "simsiam", "swav"])
 def test_a_shipped_config_per_pretext_for_the_demo_and_stl10(name):
     names = dict(shipped_configs())
     for shipped in (f"demo/{name}", f"stl10/{name}"):
