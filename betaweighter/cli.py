@@ -181,32 +181,35 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except BetaweighterError as e:
-        _keep_exit_status()
+        _keep_exit_status(meet=True)
         if is_main():
             print(f"betaweighter: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except Interrupted as e:  # 130 for SIGINT, 143 for SIGTERM
-        _keep_exit_status()
+        _keep_exit_status(meet=True)
         if is_main():
             print(str(e), file=sys.stderr)
         return e.status
-    except KeyboardInterrupt as e:
-        _keep_exit_status()
+    except KeyboardInterrupt as e:  # a second signal: no waiting
+        _keep_exit_status(meet=False)
         if is_main():
             print("interrupted", file=sys.stderr)
         return getattr(e, "status", 130)
 
 
-def _keep_exit_status() -> None:
-    """Under torchrun, ignore SIGTERM once this process knows how it ends: torchrun stops the
-    other ranks with SIGTERM as soon as one has exited, and each should end with its own
-    status (2 for a mistake, 130 or 143 for an interrupt), not be killed by the signal."""
+def _keep_exit_status(meet: bool) -> None:
+    """Under torchrun, ignore SIGTERM once this process knows how it ends, and (`meet`)
+    wait for the other ranks to know too: torchrun stops every rank with SIGTERM as soon as
+    one has exited, and each should end with its own status (2 for a mistake, 130 or 143
+    for an interrupt), not be killed half-way to it."""
     import signal
 
-    from betaweighter.runtime import world
+    from betaweighter.runtime import meet_every_rank, world
 
     if world()[0] > 1:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if meet:
+            meet_every_rank("betaweighter/exit")
 
 
 def _is_config(path: str) -> bool:

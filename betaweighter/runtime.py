@@ -18,7 +18,8 @@ from torch import nn
 from betaweighter.errors import BetaweighterError, ConfigError
 
 __all__ = ["broadcast_object", "eval_mode", "finish_distributed", "init_distributed", "is_main",
-           "module_device", "on_main", "progress_disabled", "resolve_device", "world"]
+           "meet_every_rank", "module_device", "on_main", "progress_disabled", "resolve_device",
+           "world"]
 
 T = TypeVar("T")
 
@@ -145,6 +146,28 @@ def broadcast_object(obj: object) -> object:
     holder = [obj]
     torch.distributed.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def meet_every_rank(key: str, seconds: float = 10.0) -> None:
+    """Wait, at most `seconds`, until every rank has called this with the same `key`: a
+    meeting point in torchrun's key-value store, outside the collectives, so that it holds
+    wherever the other ranks stopped (past `seconds` this process goes on alone). The
+    command line meets here before it exits on a mistake or an interrupt, so that no rank
+    leaves (and has torchrun stop the others) while another has not yet decided how it
+    ends. Does nothing outside a distributed run."""
+    import time
+
+    size = world()[0]
+    if size == 1:
+        return
+    try:
+        store = torch.distributed.distributed_c10d._get_default_store()
+        store.add(key, 1)
+        deadline = time.monotonic() + seconds
+        while store.add(key, 0) < size and time.monotonic() < deadline:
+            time.sleep(0.02)
+    except Exception:  # noqa: BLE001 - a store gone with its host: nobody left to wait for
+        return
 
 
 def on_main(fn: Callable[[], T]) -> T:

@@ -16,9 +16,11 @@ __all__ = ["write_report"]
 
 def write_report(run: RunDir, summary: dict[str, Any], weights: Any, pruner: Any,
                  bundle: Any) -> None:
-    """Write a finished run's summary, per-instance weights and plots into `run`."""
-    write_json(run.path / "summary.json", summary)
+    """Write a finished run's per-instance weights, plots and summary into `run`. The
+    summary comes last: it marks the run finished, so a run stopped before it has all its
+    end-of-run files written again by ``--resume``."""
     pruned = pruner.pruned if pruner is not None else np.zeros(weights.num_instances, bool)
     atomic_write_text(run.path / "weights.csv", diagnostics.weights_table(weights, pruned))
     plots.save_extremes(run.path / "plots" / "extremes.npz", weights, bundle)
     plots.draw_run_plots(run)
+    write_json(run.path / "summary.json", summary)
