@@ -8,6 +8,7 @@ same entry point in-process to stay fast.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -77,9 +78,14 @@ original = trainer.Trainer._train_step
 def step(self, *args):
     out = original(self, *args)
     if self.step + 1 == at:  # after this step completes (counting from 1)
-        os.kill(os.getpid(), signal.SIGINT if how == "int" else signal.SIGKILL)
+        if how == "term":  # as a job scheduler does: the whole process group, workers too
+            os.killpg(0, signal.SIGTERM)
+        elif how != "end":
+            os.kill(os.getpid(), signal.SIGINT if how == "int" else signal.SIGKILL)
     return out
 trainer.Trainer._train_step = step
+if how == "end":  # killed in the end-of-run work, after the last checkpoint
+    trainer.finish_run = lambda t: os.kill(os.getpid(), signal.SIGKILL)
 sys.exit(main(sys.argv[3:]))
 """
 
@@ -94,18 +100,26 @@ def reference(tmp_path_factory, cache) -> Path:
     return out / "r"
 
 
-@pytest.mark.parametrize("how", ["int", "kill"])
+@pytest.mark.parametrize("how", ["int", "kill", "term",
+                                 pytest.param("end", marks=pytest.mark.slow)])
 def test_interrupt_at_a_random_step_then_resume_matches_an_uninterrupted_run(
         how, reference, tmp_path, cache):
-    at = int(np.random.default_rng(1 if how == "int" else 2).integers(1, 6))  # of 6 steps
+    """Ctrl-C, SIGKILL, SIGTERM to the process group (with DataLoader workers, which a
+    job scheduler signals too) at a random step, or SIGKILL in the end-of-run work (slow:
+    test_interrupts.py stops the end-of-run work in-process)."""
+    seed = {"int": 1, "kill": 2, "term": 4, "end": 0}[how]
+    at = int(np.random.default_rng(seed).integers(1, 6))  # of 6 steps
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    args = ["run", "demo", "--out", str(tmp_path), *_sets(TINY + ["experiment.name=r"])]
+    workers = ["data.workers=2"] if how == "term" else []  # workers do not change the run
+    args = ["run", "demo", "--out", str(tmp_path),
+            *_sets(TINY + ["experiment.name=r", *workers])]
     first = subprocess.run([sys.executable, str(driver), str(at), how, *args], cwd=tmp_path,
-                           env=_env(cache), capture_output=True, text=True, timeout=600)
+                           env=_env(cache), capture_output=True, text=True, timeout=600,
+                           start_new_session=True)
     run = tmp_path / "r"
-    if how == "int":
-        assert first.returncode == 130, first.stderr[-3000:]
+    if how in ("int", "term"):
+        assert first.returncode == (130 if how == "int" else 143), first.stderr[-3000:]
         last = [line for line in first.stderr.splitlines() if line.strip()][-1]
         assert last == f"interrupted; resume with: betaweighter run --resume {run}"
         assert "Traceback" not in first.stderr
@@ -113,8 +127,13 @@ def test_interrupt_at_a_random_step_then_resume_matches_an_uninterrupted_run(
         assert first.returncode == -signal.SIGKILL
     resumed = _cli(["run", "--resume", str(run)], tmp_path, cache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    if how == "int" or at > 3:  # a checkpoint exists: mid-epoch (Ctrl-C) or epoch 1's end
+    if how != "kill" or at > 3:  # a checkpoint exists: mid-epoch, epoch 1's end, the end
         assert f"resuming {run} at epoch" in resumed.stderr
+    if how == "end":
+        assert "all trained: writing the end-of-run files" in resumed.stderr
+    summaries = [json.loads((r / "summary.json").read_text()) for r in (run, reference)]
+    assert [{k: v for k, v in x.items() if k != "train_seconds"} for x in summaries] == [
+        {k: v for k, v in summaries[1].items() if k != "train_seconds"}] * 2
     assert _rows(run / "metrics.csv") == _rows(reference / "metrics.csv")
     assert (run / "weights.csv").read_bytes() == (reference / "weights.csv").read_bytes()
     a = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
