@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from betaweighter.errors import CheckpointError
+from betaweighter.errors import CheckpointError, OutputError
 from betaweighter.io import atomic_write_bytes
 
 __all__ = ["CHECKPOINT_NAMES", "FORMAT_VERSION", "all_rng_states", "from_plain",
@@ -65,10 +65,16 @@ def from_plain(obj: Any) -> Any:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Atomically write `state` (plus the format version) to `path`."""
+    """Atomically write `state` (plus the format version) to `path`. A write the system
+    refuses (a full disk) is an `OutputError` that says the file written before is whole."""
     buffer = io.BytesIO()
     torch.save(to_plain({"format_version": FORMAT_VERSION, **state}), buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
+    try:
+        return atomic_write_bytes(path, buffer.getvalue())
+    except OutputError as err:
+        kept = ("the previous version of the file is intact" if Path(path).is_file() else
+                "no earlier version of the file exists")
+        raise OutputError(err.path, f"{err}; {kept}", err.errno) from None
 
 
 def read_checkpoint(path: str | Path, require: tuple[str, ...] = ()) -> dict[str, Any]:

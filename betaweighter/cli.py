@@ -274,12 +274,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def _run(args: argparse.Namespace) -> int:
-    from betaweighter.errors import ConfigError
+    from betaweighter.errors import ConfigError, OutputError
     from betaweighter.experiment.config import dump_config, load_config
-    from betaweighter.experiment.rundir import RunDir
+    from betaweighter.experiment.rundir import RunDir, run_dir_name
     from betaweighter.experiment.shipped import config_file
     from betaweighter.experiment.trainer import Trainer
-    from betaweighter.runtime import is_main
+    from betaweighter.runtime import is_main, resolve_device
 
     overrides = list(args.overrides)
     if args.device:
@@ -313,19 +313,31 @@ def _run(args: argparse.Namespace) -> int:
         with config_file(args.config) as path:
             cfg = load_config(path, overrides)
         if args.dry_run:
+            resolve_device(cfg.train.device, key="config key 'train.device'")
             print(dump_config(cfg), end="")
             root = Path(cfg.experiment.output_root).expanduser()
-            print(f"# would write to a new directory {root / cfg.experiment.name} (or "
-                  f"{cfg.experiment.name}-N if taken)", file=sys.stderr)
+            name = run_dir_name(cfg.experiment.name)
+            print(f"# would write to a new directory {root / name} (or {name}-N if taken)",
+                  file=sys.stderr)
             return 0
         trainer = Trainer.start(cfg)
         if is_main():
             print(f"run directory: {trainer.run_dir}", file=sys.stderr)
     with trainer:
-        summary = trainer.run()
+        try:
+            summary = trainer.run()
+        except OutputError as e:  # a full disk at a checkpoint or a plot: how to go on
+            raise OutputError(e.path, f"{e}; {_after_write_failure(trainer)}", e.errno) from None
     if summary is not None:
         print(format_summary(summary, trainer.run_dir))
     return 0
+
+
+def _after_write_failure(trainer) -> str:
+    """What to do after a write failed mid-run: resume, or start again."""
+    if trainer.rundir.checkpoint_path("last").is_file():
+        return f"then continue with: betaweighter run --resume {trainer.run_dir}"
+    return "the run had no checkpoint yet: run it again"
 
 
 def _demo(args: argparse.Namespace) -> int:

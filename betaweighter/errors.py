@@ -21,6 +21,7 @@ __all__ = [
     "DatasetNotFoundError",
     "LossShapeError",
     "NonFiniteLossError",
+    "OutputError",
     "RunLockedError",
     "SharedParametersError",
     "quote",
@@ -77,6 +78,17 @@ class CorruptDatasetError(BetaweighterError, ValueError):
 class DataError(BetaweighterError, ValueError):
     """Data that exists and reads fine but cannot serve the task asked of it: an empty class
     folder, too few classes for an episode, a test class the training split lacks."""
+
+
+class OutputError(BetaweighterError, OSError):
+    """A file or folder that betaweighter must write cannot be: a full disk, a read-only
+    file system, a path below a file, a folder that cannot be created. The message names
+    the path and the fix; `errno` keeps the operating system's error number."""
+
+    def __init__(self, path: str | Path, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.path = Path(path)
+        self.errno = errno
 
 
 class NonFiniteLossError(BetaweighterError, FloatingPointError):

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from betaweighter.errors import CorruptDatasetError
+from betaweighter.io import atomic_write_text
 
 __all__ = ["SPLITS_FORMAT", "check_splits", "load_splits", "resolve_splits", "save_splits",
            "stratified_split"]
@@ -72,16 +73,14 @@ def stratified_split(
 
 def save_splits(path: str | os.PathLike, splits: Mapping[str, Any],
                 meta: Mapping[str, Any] | None = None) -> Path:
-    """Write `splits` (and a `meta` dict: dataset, seed, sizes, ...) as JSON."""
+    """Write `splits` (and a `meta` dict: dataset, seed, sizes, ...) as JSON, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "format": SPLITS_FORMAT,
         "meta": dict(meta or {}),
         "splits": {k: np.asarray(v, dtype=np.int64).tolist() for k, v in splits.items()},
     }
-    path.write_text(json.dumps(doc))
-    return path
+    return atomic_write_text(path, json.dumps(doc))
 
 
 def load_splits(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -5,12 +5,15 @@ Do Self-Supervised Models Transfer?", arXiv:2011.13377) need ``features(x)`` of 
 of a split exactly once: in eval mode (BatchNorm uses its running statistics), without
 gradients, in batches, and without dropping the last partial batch. The cache key covers
 the model weights, the split's file list and labels and its transform, so a stale cache
-cannot be read back for a different model or split.
+cannot be read back for a different model or split. A cache never breaks an evaluation:
+an entry that cannot be read back whole (a truncated file) is recomputed and replaced, and
+one that cannot be written (a full disk) is skipped, each with a logged warning.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,8 @@ from betaweighter.io import save_array
 from betaweighter.runtime import eval_mode, module_device, progress_disabled, resolve_device
 
 __all__ = ["dataset_fingerprint", "extract_features", "model_fingerprint"]
+
+_log = logging.getLogger(__name__)
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -94,7 +99,9 @@ def extract_features(model: nn.Module, dataset: Any, *, batch_size: int = 64,
     """
     cache = _cache_paths(model, dataset, cache_dir, name)
     if cache is not None and cache[0].is_file() and cache[1].is_file():
-        return np.load(cache[0], mmap_mode="r"), np.load(cache[1])
+        cached = _read_cache(cache, len(dataset))
+        if cached is not None:
+            return cached
     device = module_device(model) if device is None else resolve_device(device)
     model.to(device)
     embed = model.features if callable(getattr(model, "features", None)) else model
@@ -110,9 +117,28 @@ def extract_features(model: nn.Module, dataset: Any, *, batch_size: int = 64,
         raise ValueError(f"cannot extract features of split {name!r}: the dataset is empty")
     features, targets = np.concatenate(feats), np.concatenate(labels)
     if cache is not None:
-        save_array(cache[0], features)
-        save_array(cache[1], targets)
+        try:
+            save_array(cache[0], features)
+            save_array(cache[1], targets)
+        except OSError as err:  # a cache is an optimisation: go on without it
+            _log.warning("the feature cache was not written (%s); the features are "
+                         "computed again next time", err)
     return features, targets
+
+
+def _read_cache(cache: tuple[Path, Path], size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached (features, labels) when both files read back whole and agree with the
+    dataset's size; None (after a warning) when not, so they are recomputed and replaced."""
+    try:
+        features, labels = np.load(cache[0], mmap_mode="r"), np.load(cache[1])
+    except (OSError, ValueError, EOFError):  # truncated, garbage, unreadable
+        features = labels = None
+    if (features is not None and features.ndim == 2 and labels.ndim == 1
+            and len(features) == len(labels) == size):
+        return features, labels
+    _log.warning("feature cache entry %s is damaged or incomplete: computing it again",
+                 cache[0])
+    return None
 
 
 def _cache_paths(model: nn.Module, dataset: Any, cache_dir: str | Path | None,

@@ -38,6 +38,7 @@ from scipy import stats
 
 from betaweighter.errors import ConfigError
 from betaweighter.experiment.config import Config, load_config
+from betaweighter.experiment.plots import save_figure
 from betaweighter.experiment.rundir import RunDir, create_run_dir
 from betaweighter.experiment.trainer import Trainer
 from betaweighter.io import atomic_write_text, write_json
@@ -316,7 +317,7 @@ def _plot(result: CompareResult, path: Path) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"mean and 95% CI over {len(result.seeds)} seed(s)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 def _plot_kinds(ax: Any, result: CompareResult, kinds: list[str]) -> None:

@@ -47,6 +47,7 @@ from betaweighter.evaluate.linear import linear_probe
 from betaweighter.experiment.config import Config, load_config
 from betaweighter.experiment.dense_evaluation import DENSE_TASKS, check_dense_data
 from betaweighter.experiment.invariance import run_invariance
+from betaweighter.experiment.outputs import output_folder
 from betaweighter.io import write_json
 from betaweighter.models import Backbone, load_backbone
 from betaweighter.pretext.rpn import ANCHOR_SIZES, ASPECT_RATIOS
@@ -79,9 +80,10 @@ def fusion_suffix(checkpoints: Sequence[Path], mode: str = "cat") -> str:
 
 def result_path(checkpoint: Checkpoints, task: str, fuse_mode: str = "cat") -> Path:
     """Where `evaluate_checkpoint` writes the result of `task` for this checkpoint or run
-    (or, for several, their fusion: beside the first)."""
+    (or, for several, their fusion: beside the first; in the user cache when that folder
+    cannot be written, see `output_folder`)."""
     found = _resolve(checkpoint)
-    return found[0].parent / f"eval_{task}{fusion_suffix(found, fuse_mode)}.json"
+    return output_folder(found[0].parent) / f"eval_{task}{fusion_suffix(found, fuse_mode)}.json"
 
 
 def evaluate_checkpoint(path_or_run_dir: Checkpoints, task: str,
@@ -120,7 +122,7 @@ def evaluate_checkpoint(path_or_run_dir: Checkpoints, task: str,
     members = [load_backbone(c, device, format=format, arch=arch) for c in checkpoints]
     model = members[0] if len(members) == 1 else FusedBackbone(members, fuse_mode)
     _fill_input_defaults(options, model.data_config)
-    folder = checkpoints[0].parent
+    folder = output_folder(checkpoints[0].parent)  # the user cache when read-only
     if task == "invariance":
         result = run_invariance(model, options, folder, device, checkpoints[0], suffix)
     else:

@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from betaweighter.evaluate.invariance_table import InvarianceTable
+from betaweighter.experiment.plots import save_figure
 
 __all__ = ["plot_invariance"]
 
@@ -40,7 +41,7 @@ def plot_invariance(tables: InvarianceTable | Mapping[str, InvarianceTable],
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     return path
 
 

@@ -16,7 +16,20 @@ import torch
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
-__all__ = ["HIST_BINS", "curves", "diagnostics", "image_grid", "losses", "weight_histograms"]
+__all__ = ["HIST_BINS", "curves", "diagnostics", "image_grid", "losses", "save_figure",
+           "weight_histograms"]
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """`fig` as a PNG at `path`, written atomically: a full disk is one `OutputError`
+    naming the file, and never leaves half a PNG."""
+    from io import BytesIO
+
+    from betaweighter.io import atomic_write_bytes
+
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 HIST_BINS = np.linspace(0.0, 1.0, 41)
 
@@ -41,7 +54,7 @@ def weight_histograms(history: list[np.ndarray], path: Path) -> Path:
     ax.set_title("distribution of instance weights per epoch")
     fig.colorbar(im, ax=ax, label="log(1 + count)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     return path
 
 
@@ -62,7 +75,7 @@ def curves(rows: list[dict[str, Any]], path: Path) -> Path:
         axes[1, col].set_ylim(0, 1.05)
         axes[1, col].set_xlabel(label)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     return path
 
 
@@ -82,7 +95,7 @@ def losses(rows: list[dict[str, Any]], path: Path) -> Path:
     for ax in (left, right):
         ax.set_xlabel("epoch")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     return path
 
 
@@ -108,7 +121,7 @@ def diagnostics(rows: list[dict[str, Any]], path: Path) -> Path:
             ax.legend(fontsize=8)
     axes[-1].set_axis_off()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     return path
 
 
@@ -122,7 +135,7 @@ def image_grid(images: np.ndarray, path: Path, title: str) -> Path:
     ax.set_axis_off()
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     return path
 
 
@@ -180,10 +193,22 @@ def draw_run_plots(run: Any) -> list[Path]:
             with np.load(extremes) as data:
                 grids = {k: data[k] for k in data.files}
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-            raise CheckpointError(f"{extremes} cannot be read ({e}); delete it to plot "
-                                  "without the image grids") from None
+            raise CheckpointError(f"{extremes} {_unreadable(e)}; delete it to plot without "
+                                  "the image grids") from None
         for name in ("highest", "lowest"):
             w = grids[f"{name}_weight"]
             title = f"{name} mean weight ({w.min():.2f}-{w.max():.2f})" if w.size else name
             paths.append(image_grid(grids[name], out / f"{name}_weighted.png", title))
     return paths
+
+
+def _unreadable(err: BaseException) -> str:
+    """Why an extremes.npz did not load, in words that never suggest unpickling it (numpy's
+    own message for an object array does)."""
+    if isinstance(err, zipfile.BadZipFile):
+        return "is not a NumPy .npz archive (truncated or overwritten)"
+    if "pickle" in str(err).lower():
+        return ("holds Python objects (object arrays), which betaweighter never writes and "
+                "never unpickles")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"is damaged ({type(err).__name__}: {first})" if first else "is damaged"

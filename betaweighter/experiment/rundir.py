@@ -13,7 +13,8 @@ A run directory holds::
 
 `RunDir` reads them: `plot`, `weights` and `evaluate` use it and never build the data or
 write into the run. `RunDir.lock` keeps a second process from writing to a run that is
-still training.
+still training; whoever takes it removes the temporary files that a killed writer's atomic
+writes left behind (``.<name>.*.tmp``), since only the lock's holder writes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,10 +33,21 @@ from typing import Any
 from betaweighter.checkpoint import read_checkpoint
 from betaweighter.errors import CheckpointError, RunLockedError
 from betaweighter.experiment.config import Config, load_config
+from betaweighter.io import make_dirs, output_error
 
-__all__ = ["RunDir", "create_run_dir"]
+__all__ = ["SEEDED_DATA", "RunDir", "create_run_dir", "run_dir_name"]
 
 LOCK_FILE = ".lock"
+#: data drawn from the seed alone: a resume remakes its splits, no splits.json is read
+SEEDED_DATA = ("demo", "mixture", "shapes")
+_HINT = "choose another output root with --out"
+
+
+def run_dir_name(name: str) -> str:
+    """The folder name a run called `name` gets: anything but letters, digits, ``.``, ``_``
+    and ``-`` becomes ``-`` (so ``../../etc/x`` is ``..-..-etc-x``, never a path)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
+    return safe if safe.strip(".") else "run"
 
 
 def create_run_dir(root: str | Path, name: str, run_folders: bool = True) -> Path:
@@ -44,22 +57,28 @@ def create_run_dir(root: str | Path, name: str, run_folders: bool = True) -> Pat
 
     `mkdir` without exist_ok is atomic, so two runs started at once get two directories.
     """
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
+    safe = run_dir_name(name)
     root = Path(root).expanduser()
     if root.exists() and not root.is_dir():
         from betaweighter.errors import ConfigError
 
         raise ConfigError(f"output root {str(root)!r} is a file; give a directory with --out")
-    root.mkdir(parents=True, exist_ok=True)
+    make_dirs(root, _HINT)
     for i in range(10_000):
         path = root / (safe if i == 0 else f"{safe}-{i}")
         try:
             path.mkdir()
         except FileExistsError:
             continue
-        if run_folders:
-            (path / "checkpoints").mkdir()
-            (path / "plots").mkdir()
+        except OSError as e:
+            raise output_error(e, path, _HINT, folder=True) from None
+        try:
+            if run_folders:
+                (path / "checkpoints").mkdir()
+                (path / "plots").mkdir()
+        except OSError as e:
+            shutil.rmtree(path, ignore_errors=True)
+            raise output_error(e, path, _HINT, folder=True) from None
         return path
     raise RuntimeError(f"could not find a free run directory name under {root}")
 
@@ -72,6 +91,9 @@ class RunDir:
         self.path = Path(path).expanduser()
         if not check:
             return
+        if self.path.is_file():
+            raise CheckpointError(f"{str(self.path)!r} is a file, not a run directory; give the "
+                                  "folder `betaweighter run` created")
         if not self.path.is_dir():
             raise CheckpointError(f"run directory {str(self.path)!r} does not exist")
         if not self.config_path.is_file():
@@ -97,6 +119,20 @@ class RunDir:
 
     def checkpoint_path(self, which: str = "last") -> Path:
         return self.path / "checkpoints" / f"{which}.pt"
+
+    def splits_file(self, data_name: str) -> Path | None:
+        """``splits.json``, for a resume to rebuild the same target splits: None for data
+        drawn from the seed (`SEEDED_DATA`), which the seed remakes exactly. A run on data
+        read from files that lost the file is refused: new splits could move test images
+        into training."""
+        path = self.path / "splits.json"
+        if data_name in SEEDED_DATA:
+            return path if path.is_file() else None
+        if not path.is_file():
+            raise CheckpointError(f"{path} does not exist: it holds the run's target splits, "
+                                  "which new ones made now could mix test images into "
+                                  "training; restore splits.json from a copy, or start a new run")
+        return path
 
     def state(self, which: str = "last") -> dict[str, Any]:
         """The training state saved in ``checkpoints/<which>.pt``."""
@@ -132,6 +168,10 @@ class RunDir:
                                   "restore it from a copy")
         return rows
 
+    def _remove_stale_temporaries(self) -> None:
+        for tmp in _stale_temporaries(self.path):
+            tmp.unlink(missing_ok=True)
+
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the run's writer lock; a second writer gets `RunLockedError` naming the
@@ -147,9 +187,16 @@ class RunDir:
                                      "wait for it to finish or stop it first") from None
             os.ftruncate(fd, 0)
             os.write(fd, str(os.getpid()).encode())
+            self._remove_stale_temporaries()
             yield
         finally:
             os.close(fd)
+
+
+def _stale_temporaries(folder: Path) -> list[Path]:
+    """The temporary files of atomic writes (`betaweighter.io`) in a run's folders."""
+    return [p for sub in (folder, folder / "checkpoints", folder / "plots") if sub.is_dir()
+            for p in sub.glob(".*.tmp") if p.is_file()]
 
 
 def _read_json(path: Path, required: bool = True) -> Any:

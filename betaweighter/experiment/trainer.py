@@ -112,23 +112,26 @@ class Trainer:
         root = Path(cfg.experiment.output_root).expanduser()
         fresh_root = not root.exists()
         run_dir = Path(on_main(lambda: str(create_run_dir(root, cfg.experiment.name))))
+        trainer = None
         try:
             trainer = cls(cfg, run_dir)
             trainer.train_seconds = trainer.c.fit_seconds  # the weights' fit is training
+            if is_main():  # a run that cannot write these (a full disk) is not started
+                bundle = trainer.c.bundle
+                bundle.save_splits(run_dir / "splits.json")
+                atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+                write_json(run_dir / "run.json", {
+                    "betaweighter": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "command": sys.argv, "data": diagnostics.data_fingerprint(bundle),
+                    "data_config": trainer.data_config, "changes": []})
         except BaseException:
+            if trainer is not None:
+                trainer.close()
             if is_main():
                 shutil.rmtree(run_dir, ignore_errors=True)
                 if fresh_root and not any(root.iterdir()):
                     root.rmdir()
             raise
-        if is_main():
-            bundle = trainer.c.bundle
-            bundle.save_splits(run_dir / "splits.json")
-            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-            write_json(run_dir / "run.json", {
-                "betaweighter": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "command": sys.argv, "data": diagnostics.data_fingerprint(bundle),
-                "data_config": trainer.data_config, "changes": []})
         return trainer
 
     @classmethod
@@ -152,8 +155,7 @@ class Trainer:
             raise ConfigError(f"run {run.path} has finished all {cfg.train.epochs} epochs; "
                               "train it further with --set train.epochs=N (N > "
                               f"{cfg.train.epochs})")
-        splits = run.path / "splits.json"
-        trainer = cls(cfg, run.path, splits=splits if splits.is_file() else None)
+        trainer = cls(cfg, run.path, splits=run.splits_file(cfg.data.name))
         try:
             check_moved_data(run.info(), trainer.c.bundle, changes)
             trainer._load(state, which)
@@ -315,11 +317,14 @@ class Trainer:
         episodes = c.meta.episodes
         loss = float(c.meta.backward(b.inputs, loss_fn, idx, copies=b.copies))
         if any_rank(not math.isfinite(loss)):
+            last = self.rundir.checkpoint_path("last")
+            how = (f"nothing after the last checkpoint ({last}) was kept. Lower train.lr "
+                   f"(betaweighter run --resume {self.run_dir} --set train.lr=...)"
+                   if last.is_file() else "no checkpoint was written yet. Start the run "
+                   "again with a lower train.lr")
             raise NonFiniteLossError(
                 f"the training loss became {loss} at epoch {self.epoch + 1}, step "
-                f"{self.epoch_step + 1} of the epoch; nothing after the last checkpoint "
-                f"({self.rundir.checkpoint_path('last')}) was kept. Lower train.lr (betaweighter "
-                f"run --resume {self.run_dir} --set train.lr=...) or use train.precision=fp32")
+                f"{self.epoch_step + 1} of the epoch; {how} or use train.precision=fp32")
         if c.scaler is not None:
             c.scaler.step(c.optimizer)
             c.scaler.update()
