@@ -71,13 +71,19 @@ def test_byol_loop(capsys):
     assert "epoch 0: BYOL loss" in capsys.readouterr().out
 
 
+def test_swav_loop(capsys):
+    _load("swav_loop").main(epochs=1, pool_size=64)
+    assert "epoch 0: SwAV loss" in capsys.readouterr().out
+
+
 def test_lightly_loop(capsys):
     pytest.importorskip("lightly")
     _load("lightly_loop").main(epochs=1, pool_size=64)
     assert "epoch 0: NT-Xent (lightly)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["custom_loop", "simclr_loop", "byol_loop"])
+@pytest.mark.parametrize("name", ["custom_loop", "simclr_loop", "byol_loop",
+                                  "swav_loop"])
 def test_wrapping_takes_no_more_than_five_added_lines(name):
     lines = (EXAMPLES / f"{name}.py").read_text().splitlines()
     marked = [n for n, line in enumerate(lines)
