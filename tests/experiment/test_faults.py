@@ -78,8 +78,12 @@ original = trainer.Trainer._train_step
 def step(self, *args):
     out = original(self, *args)
     if self.step + 1 == at:  # after this step completes (counting from 1)
-        if how == "term":  # as a job scheduler does: the whole process group, workers too
-            os.killpg(0, signal.SIGTERM)
+        if how == "term":  # as a job scheduler does: the whole process group, workers too,
+            child = os.fork()  # and from another process (torch's workers exit quietly on
+            if child == 0:     # their parent's SIGTERM, but die of anyone else's)
+                os.killpg(0, signal.SIGTERM)
+                os._exit(0)
+            os.waitpid(child, 0)
         elif how != "end":
             os.kill(os.getpid(), signal.SIGINT if how == "int" else signal.SIGKILL)
     return out
