@@ -37,6 +37,7 @@ from betaweighter.pretext import (
     RotationPretext,
     SimCLRPretext,
     SimSiamPretext,
+    SwAVPretext,
 )
 
 PRETEXTS = {
@@ -50,6 +51,9 @@ PRETEXTS = {
     "simsiam": lambda backbone, size, stats: SimSiamPretext(
         backbone, hidden_dim=128, projection_dim=64, predictor_hidden_dim=16, image_size=size,
         **stats),
+    "swav": lambda backbone, size, stats: SwAVPretext(
+        backbone, hidden_dim=128, projection_dim=64, prototypes=30, queue_size=256,
+        image_size=size, **stats),
 }
 MODELS = {"convnet": {"size": 32, "kwargs": {"width": 32}},
           "resnet18": {"size": 84, "kwargs": {}}}
