@@ -13,6 +13,7 @@ so a finished run can be resumed, plotted or evaluated from anywhere.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing
 import warnings
@@ -228,9 +229,11 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def path_keys(cls: type = Config, prefix: str = "") -> list[str]:
-    """Dotted keys of every path-valued option (resolved against the config's folder)."""
-    keys = []
+@functools.cache
+def path_keys(cls: type = Config, prefix: str = "") -> tuple[str, ...]:
+    """Dotted keys of every path-valued option (resolved against the config's folder);
+    computed once, since the schema does not change while the program runs."""
+    keys: list[str] = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = join(prefix, f.name)
@@ -238,7 +241,7 @@ def path_keys(cls: type = Config, prefix: str = "") -> list[str]:
             keys += path_keys(hints[f.name], key)
         elif f.metadata.get("path"):
             keys.append(key)
-    return keys
+    return tuple(keys)
 
 
 # --- public API -----------------------------------------------------------------------------
@@ -358,10 +361,6 @@ def _check_consistency(cfg: Config) -> None:
     if sorted(cfg.train.milestones) != cfg.train.milestones:
         raise ConfigError(f"config key 'train.milestones': must be increasing, got "
                           f"{quote(cfg.train.milestones)}")
-    shrinkage = cfg.evaluate.invariance.shrinkage
-    if isinstance(shrinkage, float) and not 0 <= shrinkage <= 1:
-        raise ConfigError(f"config key 'evaluate.invariance.shrinkage': a number must be in "
-                          f"[0, 1], got {shrinkage}")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.train.device):
         raise ConfigError(f"config key 'train.device': unknown device "
                           f"{quote(cfg.train.device)}; use auto, cpu, cuda or cuda:N")

@@ -33,9 +33,11 @@ def span(lo: float | None = None, hi: float | None = None, lo_open: bool = False
 PATH = {"path": True}
 _range = span
 #: Field metadata of a seed (numpy's and scikit-learn's generators take seeds below 2**32),
-#: of a list of seeds, and of a normalisation's standard deviations (positive).
+#: of a list of seeds, and of a normalisation's means (any finite number) and standard
+#: deviations (positive).
 SEED = span(0, MAX_SEED)
 SEEDS = span(0, MAX_SEED, min_items=1)
+MEAN = span()
 STD = span(0, lo_open=True)
 TRANSFER_NAMES = tuple(TRANSFER_DATASETS)
 
@@ -60,7 +62,7 @@ class _TaskCommon:
     seed: int = field(default=0, metadata=SEED)
     # null: the image size and normalisation the checkpoint was pre-trained with
     image_size: int | None = field(default=None, metadata=_range(8))
-    mean: list[float] | None = None
+    mean: list[float] | None = field(default=None, metadata=MEAN)
     std: list[float] | None = field(default=None, metadata=STD)
 
 
@@ -149,7 +151,7 @@ class DetectionTask:
     batch_size: int = field(default=2, metadata=_range(1))
     num_workers: int = field(default=0, metadata=_range(0))
     seed: int = field(default=0, metadata=SEED)
-    mean: list[float] | None = None
+    mean: list[float] | None = field(default=None, metadata=MEAN)
     std: list[float] | None = field(default=None, metadata=STD)
     trainable_layers: int = field(default=1, metadata=_range(0, 5))
     images: int = field(default=288_000, metadata=_range(1))
@@ -188,13 +190,14 @@ class InvarianceTask:
     k: int | None = field(default=None, metadata=_range(1))  # null: the paper's 256
     num_images: int = field(default=1000, metadata=_range(1))
     # auto (Ledoit-Wolf when the reference set is too small), none, ledoit_wolf, or [0, 1]
-    shrinkage: Literal["auto", "none", "ledoit_wolf"] | float = "auto"
+    shrinkage: Literal["auto", "none", "ledoit_wolf"] | float = field(default="auto",
+                                                                     metadata=_range(0, 1))
     batch_size: int = field(default=64, metadata=_range(1))
     seed: int = field(default=0, metadata=SEED)
     # null: the checkpoint's training input; resize null = image_size x 256 / 224
     image_size: int | None = field(default=None, metadata=_range(8))
     resize: int | None = field(default=None, metadata=_range(8))
-    mean: list[float] | None = None
+    mean: list[float] | None = field(default=None, metadata=MEAN)
     std: list[float] | None = field(default=None, metadata=STD)
 
 
@@ -244,7 +247,8 @@ class SegmentationTask:
     test_size: int | None = field(default=None, metadata=_range(8))
     num_workers: int = field(default=0, metadata=_range(0))  # data-loading processes
     seed: int = field(default=0, metadata=SEED)  # crops, flips, order and the head's init
-    mean: list[float] | None = None  # null: the checkpoint's normalisation
+    # null: the checkpoint's normalisation
+    mean: list[float] | None = field(default=None, metadata=MEAN)
     std: list[float] | None = field(default=None, metadata=STD)
 
 
@@ -296,5 +300,6 @@ class InstanceSegmentationTask:
     hflip: bool = True  # random horizontal flips in training
     num_workers: int = field(default=0, metadata=_range(0))  # data-loading processes
     seed: int = field(default=0, metadata=SEED)  # image order, flips, heads' init
-    mean: list[float] | None = None  # null: the checkpoint's normalisation
+    # null: the checkpoint's normalisation
+    mean: list[float] | None = field(default=None, metadata=MEAN)
     std: list[float] | None = field(default=None, metadata=STD)
