@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 from ondisk import write_checkpoint
-from ondisk_transfer import write_cifar10
+from ondisk_transfer import DTD_CLASSES, write_cifar10, write_dtd
 from PIL import Image
 
 import betaweighter.experiment.suite as suite_module
@@ -292,3 +292,15 @@ def test_the_example_suite_reads():
     dtd = next(t for t in suite.tasks if t.name == "dtd")
     assert dtd.options["data"]["root"] == str(example.parent / "data")
     assert suite.output == example.parent / "transfer-suite-results"
+
+
+def test_evaluate_reads_a_torchvision_dataset(tmp_path):
+    write_dtd(tmp_path / "data")
+    ckpt = write_checkpoint(tmp_path / "m.pt", CONVNET)
+    cfg = tmp_path / "dtd.yaml"
+    cfg.write_text("evaluate:\n  linear:\n    data: {dataset: DTD, root: data}\n"
+                   "    image_size: 16\n    c_values: [1.0]\n")
+    result = evaluate_checkpoint(ckpt, "linear", cfg, device="cpu")["result"]
+    assert result["classes"] == sorted(DTD_CLASSES) and result["data"]["dataset"] == "DTD"
+    assert [result["data"][f"{s}_images"] for s in ("train", "val", "test")] == [12, 6, 9]
+    assert result["n_test"] == 9
