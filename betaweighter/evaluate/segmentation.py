@@ -188,9 +188,11 @@ def evaluate_segmentation(backbone: nn.Module, train_set: SegmentationDataset,
     if test_set.classes != train_set.classes:
         raise ValueError(f"train and test classes differ: {train_set.classes} vs "
                          f"{test_set.classes}")
-    model = build_segmenter(backbone, len(train_set.classes), head=head,
-                            backbone_mode=backbone_mode, output_stride=output_stride,
-                            batchnorm=batchnorm)
+    with torch.random.fork_rng(devices=[]):  # the head's initialisation follows `seed`
+        torch.manual_seed(seed)
+        model = build_segmenter(backbone, len(train_set.classes), head=head,
+                                backbone_mode=backbone_mode, output_stride=output_stride,
+                                batchnorm=batchnorm)
     train = train_set.with_transform(segmentation_transform(
         mean, std, crop=crop_size, scale_range=scale_range, hflip=hflip))
     test = test_set.with_transform(segmentation_transform(

@@ -192,6 +192,24 @@ def test_frozen_training_leaves_the_backbone_alone_and_finetuning_does_not(tmp_p
     assert model.trunk.training == (mode == "finetune") and model.head.training
 
 
+def test_the_score_follows_the_seed_not_the_global_random_state(tmp_path):
+    """The head is initialised from `seed`: a suite cell recomputed in a fresh process (any
+    global random state) gives the same numbers."""
+    from betaweighter.evaluate.segmentation import evaluate_segmentation
+
+    train, test = _toy_sets(tmp_path)
+    backbone = build_model(**TINY)
+    results = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        results.append(evaluate_segmentation(backbone, train, test, crop_size=32, images=8,
+                                             batch_size=4, mean=[0.5] * 3, std=[0.25] * 3,
+                                             device="cpu", seed=3))
+    assert results[0]["confusion_matrix"] == results[1]["confusion_matrix"]
+    losses = [{k: v for k, v in r["training"].items() if k != "seconds"} for r in results]
+    assert losses[0] == losses[1]
+
+
 # -- end to end ------------------------------------------------------------------------------
 def _cli_config(tmp_path, **section):
     path = tmp_path / "seg.yaml"
