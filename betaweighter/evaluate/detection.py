@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from betaweighter.data.detection import DetectionDataset, collate_detection
 from betaweighter.data.loaders import forever
 from betaweighter.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from betaweighter.errors import CheckpointError
+from betaweighter.errors import CheckpointError, NonFiniteLossError
 from betaweighter.evaluate.detection_metrics import coco_box_metrics, voc07_detection_ap
 from betaweighter.evaluate.fusion import FusedBackbone
 from betaweighter.pretext.rpn import ANCHOR_SIZES, ASPECT_RATIOS
@@ -188,7 +188,8 @@ def train_detector(model: FasterRCNN, dataset: DetectionDataset, *, images: int,
                    lr_steps: Sequence[float] = (2 / 3, 8 / 9), num_workers: int = 0,
                    device: Any = None, seed: int = 0) -> dict[str, Any]:
     """Train for ``ceil(images / batch_size)`` iterations; `lr` defaults to
-    0.02 * batch_size / 16. Raises FloatingPointError when the loss becomes non-finite."""
+    0.02 * batch_size / 16. Raises NonFiniteLossError (a FloatingPointError) when the loss
+    becomes non-finite."""
     device = resolve_device(device)
     iterations = max(1, math.ceil(images / batch_size))
     lr = 0.02 * batch_size / 16 if lr is None else lr
@@ -218,8 +219,9 @@ def train_detector(model: FasterRCNN, dataset: DetectionDataset, *, images: int,
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         loss = sum(model(imgs, targets).values())
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"detection loss became {loss.item()} at iteration {it} "
-                                     f"(lr {lr:g}); lower 'lr' or raise 'warmup_images'")
+            raise NonFiniteLossError(f"the detection loss became {loss.item()} at iteration "
+                                     f"{it} (lr {lr:g}); lower the task's 'lr' or raise its "
+                                     "'warmup_images'")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

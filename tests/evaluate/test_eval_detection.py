@@ -72,3 +72,14 @@ def test_two_iteration_training_on_synthetic_coco_gives_finite_ap(tmp_path, coco
         assert math.isfinite(r[key]) and 0.0 <= r[key] <= 1.0
     assert r["detections"] > 0 and r["trainable_layers"] == 1
     assert r["test_data"]["images"] == 2
+
+
+def test_a_diverging_detector_is_one_error_naming_the_setting(tmp_path, coco_writer):
+    from betaweighter.errors import BetaweighterError
+
+    train = load_coco(*coco_writer(tmp_path / "train", images=4, size=64, seed=0))
+    torch.manual_seed(0)
+    with pytest.raises(BetaweighterError, match=r"detection loss became .* lower the task's "
+                                                r"'lr'"):
+        evaluate_detection(build_model("resnet18"), train, train, images=8, batch_size=2,
+                           lr=1e8, warmup_images=0, device="cpu", **TINY)
