@@ -41,13 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"betaweighter {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="pre-train with a YAML config (a file or a shipped name)")
+    sets, device, layout = _shared_options()
+    run = sub.add_parser("run", parents=[sets, device],
+                         help="pre-train with a YAML config (a file or a shipped name)")
     run.add_argument("config", nargs="?", help="YAML config file, or a shipped config name "
                                                "(see `betaweighter configs`)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key, e.g. --set train.lr=0.01 (repeatable)")
     run.add_argument("--out", help="output root for the run directory (experiment.output_root)")
-    run.add_argument("--device", help="cpu, cuda, cuda:1, ... (train.device)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run (with --set: a moved "
                      "dataset, more epochs, a new learning rate, device or precision)")
     run.add_argument("--from", dest="which", choices=["last", "best"], default="last",
@@ -57,20 +56,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="print the resolved config and the run directory, then exit")
 
-    demo = sub.add_parser("demo", help="a few-minute `compare` on the embedded demo set")
+    demo = sub.add_parser("demo", parents=[sets],
+                          help="a few-minute `compare` on the embedded demo set")
     demo.add_argument("--out", default="runs", help="output root (default: runs)")
     demo.add_argument("--seeds", type=int, default=1, help="number of seeds (default: 1)")
-    demo.add_argument("--set", dest="overrides", action="append", default=[],
-                      metavar="KEY=VALUE", help="override a key of the demo config")
 
-    cmp = sub.add_parser("compare", help="does weighting pay? the baseline, weights + "
-                                         "pruning and three controls (random, NN-Weighter, "
-                                         "shuffled meta-gradients), over seeds")
+    cmp = sub.add_parser("compare", parents=[sets],
+                         help="does weighting pay? the baseline, weights + pruning and three "
+                              "controls (random, NN-Weighter, shuffled meta-gradients), over "
+                              "seeds")
     cmp.add_argument("config", help="YAML config (file or shipped name) with pruning enabled")
     cmp.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
     cmp.add_argument("--out", default="runs", help="output root (default: runs)")
-    cmp.add_argument("--set", dest="overrides", action="append", default=[],
-                     metavar="KEY=VALUE", help="override a config key (repeatable)")
     cmp.add_argument("--variants", nargs="+", metavar="NAME",
                      default=["rotnet", "bdw", "random", "nn", "shuffled"],
                      help="variants to run (default: all of rotnet bdw random nn shuffled)")
@@ -85,8 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     weights.add_argument("run_dir")
     weights.add_argument("-o", "--output", help="file to write (default: standard output)")
 
-    ev = sub.add_parser("evaluate", help="transfer evaluation of a checkpoint or run, or of "
-                                         "the fusion of several")
+    ev = sub.add_parser("evaluate", parents=[sets, device, layout],
+                        help="transfer evaluation of a checkpoint or run, or of the fusion "
+                             "of several")
     ev.add_argument("paths", nargs="+", metavar="CHECKPOINT [CONFIG]",
                     help="a checkpoint file or a run directory (several: their features are "
                          "fused, see --fuse-mode), then optionally a YAML config with an "
@@ -96,47 +94,49 @@ def _parser() -> argparse.ArgumentParser:
                                                        "instance_segmentation"])
     ev.add_argument("--fuse-mode", choices=["cat", "add", "mean"], default="cat",
                     help="how several checkpoints' features are combined (default: cat)")
-    ev.add_argument("--set", dest="overrides", action="append", default=[],
-                    metavar="KEY=VALUE", help="override a config key, e.g. "
-                                              "--set evaluate.fewshot.way=10")
-    ev.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: GPU if present)")
-    _checkpoint_format_options(ev)
 
-    inv = sub.add_parser("invariance", help="how invariant a checkpoint's features are to "
-                                            "synthetic transformations (invariance.csv and "
-                                            "plots beside the checkpoint)")
+    inv = sub.add_parser("invariance", parents=[sets, device, layout],
+                         help="how invariant a checkpoint's features are to synthetic "
+                              "transformations (invariance.csv and plots beside the "
+                              "checkpoint)")
     inv.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     inv.add_argument("config", nargs="?", help="YAML config with an evaluate.invariance "
                                                "section (default: the run's own test split)")
-    inv.add_argument("--set", dest="overrides", action="append", default=[],
-                     metavar="KEY=VALUE", help="override a config key, e.g. "
-                                               "--set evaluate.invariance.protocol=paper")
-    inv.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: GPU if present)")
-    _checkpoint_format_options(inv)
 
-    suite = sub.add_parser("suite", help="every model of a suite file on every transfer task: "
-                                         "resumable cells, one table with ranks, a heat map "
-                                         "and rank correlations")
+    suite = sub.add_parser("suite", parents=[device],
+                           help="every model of a suite file on every transfer task: "
+                                "resumable cells, one table with ranks, a heat map and rank "
+                                "correlations")
     suite.add_argument("suite", metavar="SUITE.yaml", help="YAML listing models (name, path, "
                        "optional format and arch) and tasks (name and one protocol section: "
                        "linear, fewshot, ... with its evaluate.<task> options)")
     suite.add_argument("--out", help="output folder (default: the suite's output key, else "
                                      "<suite name>-results beside the file)")
-    suite.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the suite's device "
-                                         "key, else the GPU if present)")
     return p
 
 
-def _checkpoint_format_options(command: argparse.ArgumentParser) -> None:
+def _shared_options() -> tuple[argparse.ArgumentParser, ...]:
+    """The options several commands share, declared once (argparse parent parsers):
+    ``--set``, ``--device``, and ``--format``/``--arch`` for commands that read weights."""
     from betaweighter.published import ALIASES, FORMATS
 
-    command.add_argument("--format", default="auto", metavar="FORMAT",
+    sets = argparse.ArgumentParser(add_help=False)
+    sets.add_argument("--set", dest="overrides", action="append", default=[],
+                      metavar="KEY=VALUE", help="override a config key, e.g. --set "
+                                                "train.lr=0.01 or --set evaluate.fewshot.way=10 "
+                                                "(repeatable)")
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the config's, else "
+                                         "the GPU when there is one)")
+    layout = argparse.ArgumentParser(add_help=False)
+    layout.add_argument("--format", default="auto", metavar="FORMAT",
                          choices=[*FORMATS, *ALIASES],
                          help="the checkpoint's key layout: auto (detected from the keys), "
                               + ", ".join(FORMATS[1:]) + " (default: auto)")
-    command.add_argument("--arch", help="the architecture, where the file does not say: a "
+    layout.add_argument("--arch", help="the architecture, where the file does not say: a "
                                         "torchvision ResNet name, or a timm model name with "
                                         "--format timm")
+    return sets, device, layout
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,3 +90,4 @@ def test_the_cli_prints_library_log_records_as_one_line(capsys):
     logging.getLogger("other").warning("not ours")
     assert capsys.readouterr().err.splitlines() == [
         "betaweighter: warning: cache rebuilt", "betaweighter: note: data.root moved"]
+
