@@ -44,7 +44,7 @@ from betaweighter.data.sampler import RANDOM_RULE_STREAM, SKIP_STREAM, SubsetEpo
 from betaweighter.runtime import world
 from betaweighter.weights.base import InstanceWeights
 
-__all__ = ["RULES", "PruningScheduler", "unpruned_loader"]
+__all__ = ["RULES", "PruningScheduler", "unpruned_loader", "unpruned_sampler"]
 
 RULES = ("cdf", "threshold", "quantile", "budget", "random", "lowest")
 #: rules that prune by a count taken from `control` (a rule's count, or a matched run's)
@@ -210,12 +210,17 @@ class PruningScheduler:
         key = (id(pool), batch_size, shuffle, tuple(sorted(dataloader_kwargs.items())))
         if self._loader is not None and self._loader[0] == key:
             return self._loader[1]
-        replicas, rank = world()
-        sampler = SubsetEpochSampler(lambda: (self.active_indices(), self.epoch), self.seed,
-                                     shuffle=shuffle, num_replicas=replicas, rank=rank)
-        loader = DataLoader(pool, batch_size=batch_size, sampler=sampler, **dataloader_kwargs)
+        loader = DataLoader(pool, batch_size=batch_size, sampler=self.sampler(shuffle),
+                            **dataloader_kwargs)
         self._loader = (key, loader)
         return loader
+
+    def sampler(self, shuffle: bool = True) -> SubsetEpochSampler:
+        """The sampler `loader` uses: this epoch's kept instances, in an order drawn from
+        (seed, epoch), this process's share of them under `torch.distributed`."""
+        replicas, rank = world()
+        return SubsetEpochSampler(lambda: (self.active_indices(), self.epoch), self.seed,
+                                  shuffle=shuffle, num_replicas=replicas, rank=rank)
 
     def loss_scale(self, indices: Any) -> Tensor:
         """Per-instance loss factors for a batch: ``1 / (1 - skip_prob)`` for a flagged
@@ -410,8 +415,15 @@ def unpruned_loader(pool: Any, epoch: Any, batch_size: int, seed: int = 0,
     `PruningScheduler.loader` (drawn from (seed, epoch)), sharded across processes under
     torch.distributed: the loop of a run without pruning. `epoch` is a callable returning
     the current epoch."""
+    return DataLoader(pool, batch_size=batch_size, sampler=unpruned_sampler(len(pool), epoch,
+                                                                            seed),
+                      **dataloader_kwargs)
+
+
+def unpruned_sampler(size: int, epoch: Any, seed: int = 0) -> SubsetEpochSampler:
+    """The sampler of `unpruned_loader`: all `size` instances, in an order drawn from
+    (seed, epoch()), this process's share of them under torch.distributed."""
     replicas, rank = world()
-    everything = np.arange(len(pool))
-    sampler = SubsetEpochSampler(lambda: (everything, epoch()), seed, num_replicas=replicas,
-                                 rank=rank)
-    return DataLoader(pool, batch_size=batch_size, sampler=sampler, **dataloader_kwargs)
+    everything = np.arange(size)
+    return SubsetEpochSampler(lambda: (everything, epoch()), seed, num_replicas=replicas,
+                              rank=rank)

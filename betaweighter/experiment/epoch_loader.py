@@ -1,13 +1,16 @@
 """The batches a run trains on, one epoch at a time, from any step of the epoch.
 
-A run visits its pool through `PruningScheduler.loader` (the kept instances only) or, without
-pruning, `unpruned_loader`; both draw the order from (seed, epoch), so a resumed run visits
-the same instances in the same order. Three more things make a run stopped in the middle
-of an epoch resume bitwise exactly, whatever ``data.workers`` is:
+A run visits its pool through the sampler of `PruningScheduler.loader` (the kept instances
+only) or, without pruning, that of `unpruned_loader`; both draw the order from (seed,
+epoch), so a resumed run visits the same instances in the same order. Four more things make
+a run the same whatever ``data.workers`` is, and one stopped in the middle of an epoch
+resume bitwise exactly:
 
 - the sampler skips the batches the run already trained on: `SubsetEpochSampler.start`,
   which the pass takes when it begins (with workers the loader begins at once, without them
   only at the first batch, after the trainer has moved on);
+- each image's random transform (crop, flip) is drawn from (seed, epoch, index), not from
+  the stream of the process that loads it (`data.seeded.SeededItems`);
 - the loader draws its workers' seed from its own generator, never from torch's global
   one, so that the global random stream (the Beta samples, the augmentation on the device)
   does not depend on the number of workers or on when they were started;
@@ -25,6 +28,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from betaweighter.data.seeded import EpochKeys, SeededItems
+from betaweighter.pruning import unpruned_sampler
 from betaweighter.runtime import world
 
 __all__ = ["EpochLoader", "ignore_stop_signals"]
@@ -46,31 +51,30 @@ class EpochLoader:
         self.c, self.cfg, self._epoch = c, cfg, epoch
         seed = cfg.experiment.seed * 1_000_003 + world()[1]
         self._generator = torch.Generator().manual_seed(seed)
-        self._full: DataLoader | None = None
+        self._loader: DataLoader | None = None
 
     def loader(self) -> DataLoader:
-        """The loader of the current epoch (the same object from epoch to epoch, so that
-        persistent workers live on)."""
-        c, cfg = self.c, self.cfg
-        workers = cfg.data.workers
-        kwargs = {"num_workers": workers, "pin_memory": c.device.type == "cuda",
-                  "persistent_workers": workers > 0, "generator": self._generator}
-        if workers > 0:
-            kwargs["worker_init_fn"] = ignore_stop_signals
-        if c.pruner is not None:
-            return c.pruner.loader(c.bundle.pool, batch_size=cfg.train.batch_size, **kwargs)
-        if self._full is None:
-            from betaweighter.pruning import unpruned_loader
-
-            self._full = unpruned_loader(c.bundle.pool, self._epoch, cfg.train.batch_size,
-                                         cfg.experiment.seed, **kwargs)
-        return self._full
+        """The loader of the run (the same object from epoch to epoch, so that persistent
+        workers live on). Its `sampler` yields (index, epoch) keys; ``.sampler.sampler``
+        is the `SubsetEpochSampler` of the indices."""
+        if self._loader is None:
+            c, cfg = self.c, self.cfg
+            pool, workers = c.bundle.pool, cfg.data.workers
+            sampler = (c.pruner.sampler() if c.pruner is not None
+                       else unpruned_sampler(len(pool), self._epoch, cfg.experiment.seed))
+            self._loader = DataLoader(
+                SeededItems(pool, cfg.experiment.seed), batch_size=cfg.train.batch_size,
+                sampler=EpochKeys(sampler), num_workers=workers,
+                pin_memory=c.device.type == "cuda", persistent_workers=workers > 0,
+                generator=self._generator,
+                worker_init_fn=ignore_stop_signals if workers > 0 else None)
+        return self._loader
 
     def epoch(self, step: int) -> tuple[Iterator[Any], Any, int]:
         """(the batches of the current epoch from batch `step` on, the sampler, the number
         of batches the epoch has in all, ``train.max_steps_per_epoch`` applied)."""
         loader = self.loader()
-        sampler = loader.sampler
+        sampler = loader.sampler.sampler
         sampler.start = step * self.cfg.train.batch_size
         limit = self.cfg.train.max_steps_per_epoch
         total = len(loader) if limit is None else min(len(loader), limit)
@@ -79,12 +83,7 @@ class EpochLoader:
     def close(self) -> None:
         """End the workers now. They were forked with the run's open files, its lock among
         them: left alive, they would hold the lock after the run has closed."""
-        loaders = [self._full]
-        cached = getattr(self.c.pruner, "_loader", None)
-        if cached is not None:
-            loaders.append(cached[1])
-        for loader in loaders:
-            iterator = getattr(loader, "_iterator", None)
-            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-                iterator._shutdown_workers()
-                loader._iterator = None
+        iterator = getattr(self._loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+            self._loader._iterator = None

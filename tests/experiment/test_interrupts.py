@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import TINY, launch_two_ranks, one_thread  # noqa: F401 (a fixture)
+from ondisk import write_image_folder
 
 import betaweighter.experiment.trainer as trainer_module
 from betaweighter.errors import ConfigError
@@ -123,6 +124,28 @@ def test_a_signal_mid_epoch_then_resume_is_bitwise_an_uninterrupted_run(
     with Trainer.resume(trainer.run_dir) as resumed:
         assert resumed.run() is not None
     assert_same_run(trainer.run_dir, references[workers])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_random_crops_are_the_same_with_workers_and_after_a_resume(tmp_path, monkeypatch):
+    """A folder pool's random crop and flip are drawn from (seed, epoch, index): a run with
+    two workers, stopped mid-epoch and resumed, ends as a run without workers does."""
+    write_image_folder(tmp_path / "pool", {"red": 6, "blue": 6}, size=20, seed=0)
+    write_image_folder(tmp_path / "target", {"blue": 6, "green": 6, "red": 6}, size=20,
+                       seed=1)
+    folders = ["data.name=folders", f"data.pool_root={tmp_path / 'pool'}",
+               f"data.target_root={tmp_path / 'target'}", "meta.shot=1", "meta.query=1",
+               "data.options={resize: 20, crop: 16, test_fraction: 0.34}", "train.batch_size=4"]
+    with Trainer.start(_config(tmp_path / "plain", *folders)) as trainer:
+        trainer.run()
+    _signal_after(monkeypatch, 4, signal.SIGTERM)  # epoch 2, step 1 of 3
+    stopped = Trainer.start(_config(tmp_path / "two", *folders, "data.workers=2"))
+    with stopped, pytest.raises(Interrupted):
+        stopped.run()
+    monkeypatch.undo()
+    with Trainer.resume(stopped.run_dir) as resumed:
+        resumed.run()
+    assert_same_run(stopped.run_dir, trainer.run_dir)
 
 
 @pytest.mark.usefixtures("one_thread")
