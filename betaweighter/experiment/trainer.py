@@ -34,12 +34,7 @@ from betaweighter.experiment.config import Config, dump_config
 from betaweighter.experiment.epoch_loader import EpochLoader
 from betaweighter.experiment.factory import Components, build
 from betaweighter.experiment.finish import finish_run
-from betaweighter.experiment.interrupt import (
-    Interrupted,
-    any_rank,
-    pending_signal,
-    stop_on_signals,
-)
+from betaweighter.experiment.interrupt import Interrupted, any_rank, pending_signal, stop_on_signals
 from betaweighter.experiment.loggers import RunLogger, build_loggers
 from betaweighter.experiment.metrics import MetricsLog
 from betaweighter.experiment.resume import (
