@@ -104,9 +104,8 @@ def _signal_after(monkeypatch, at: int, signum: int) -> None:
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("signum,workers,seed", [(signal.SIGINT, 0, 0), (signal.SIGTERM, 0, 1),
-                                                 (signal.SIGINT, 2, 2), (signal.SIGTERM, 2, 3)],
-                         ids=["SIGINT-0", "SIGTERM-0", "SIGINT-2workers", "SIGTERM-2workers"])
+@pytest.mark.parametrize("signum,workers,seed", [(signal.SIGINT, 0, 0), (signal.SIGTERM, 2, 3)],
+                         ids=["SIGINT-0", "SIGTERM-2workers"])  # the crops test: SIGINT, 2
 def test_a_signal_mid_epoch_then_resume_is_bitwise_an_uninterrupted_run(
         signum, workers, seed, references, tmp_path, monkeypatch):
     # a random step inside an epoch, not at its end (a checkpoint is made there anyway)
@@ -138,7 +137,7 @@ def test_random_crops_are_the_same_with_workers_and_after_a_resume(tmp_path, mon
                "data.options={resize: 20, crop: 16, test_fraction: 0.34}", "train.batch_size=4"]
     with Trainer.start(_config(tmp_path / "plain", *folders)) as trainer:
         trainer.run()
-    _signal_after(monkeypatch, 4, signal.SIGTERM)  # epoch 2, step 1 of 3
+    _signal_after(monkeypatch, 4, signal.SIGINT)  # epoch 2, step 1 of 3
     stopped = Trainer.start(_config(tmp_path / "two", *folders, "data.workers=2"))
     with stopped, pytest.raises(Interrupted):
         stopped.run()
