@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from betaweighter.checkpoint import resolve_checkpoint
 from betaweighter.errors import CheckpointError
+from betaweighter.pretext.vit import encode, patch_tokens
 from betaweighter.published import (
     Converted,
     canonical_format,
@@ -25,10 +26,10 @@ from betaweighter.published import (
 )
 from betaweighter.runtime import resolve_device
 
-__all__ = ["ARCHITECTURES", "RESNETS", "Backbone", "build_model", "conv_net", "load_backbone",
-           "resnet"]
+__all__ = ["ARCHITECTURES", "RESNETS", "Backbone", "ViTBackbone", "build_model", "conv_net",
+           "load_backbone", "resnet", "vit_tiny"]
 
-ARCHITECTURES = ("convnet", "resnet18", "resnet50")
+ARCHITECTURES = ("convnet", "resnet18", "resnet50", "vit_tiny")
 # every torchvision ResNet a published checkpoint can be loaded into
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
            "wide_resnet101_2")
@@ -92,10 +93,45 @@ def resnet(arch: str = "resnet18", num_classes: int = 4) -> Backbone:
     return Backbone(net, dim, num_classes)
 
 
+class ViTBackbone(Backbone):
+    """A torchvision `VisionTransformer` as a `Backbone`: ``features(x)`` is the mean of
+    the patch tokens after the encoder's final LayerNorm (the class token left out).
+
+    Mean pooling rather than the class token: MAE trains the class token only through
+    the decoder's attention, and its authors (He et al. 2022, appendix A) find that MAE
+    works as well with average pooling as with the class token; a pooled embedding
+    summarises every patch whatever the pretext."""
+
+    def features(self, x: Tensor) -> Tensor:
+        return encode(self.encoder, patch_tokens(self.encoder, x))[:, 1:].mean(1)
+
+
+def vit_tiny(num_classes: int = 4, image_size: int = 32, patch_size: int = 4,
+             blocks: int = 4) -> Backbone:
+    """A small Vision Transformer (Dosovitskiy et al., ICLR 2021) from torchvision's
+    `VisionTransformer`, randomly initialised: DeiT-Tiny's width (Touvron et al., ICML
+    2021: 192-d tokens, 3 heads, MLP 768) with `blocks` transformer blocks (DeiT-Tiny has
+    12; 4 suit small images and the CPU), on `image_size` px images cut into `patch_size`
+    px patches (the position embeddings fix the input size)."""
+    for key, value in (("image_size", image_size), ("patch_size", patch_size),
+                       ("blocks", blocks)):
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size "
+                         f"{patch_size}")
+    net = torchvision.models.VisionTransformer(int(image_size), int(patch_size), int(blocks),
+                                               num_heads=3, hidden_dim=192, mlp_dim=768)
+    net.heads = nn.Identity()  # `Backbone.head` is the head
+    return ViTBackbone(net, net.hidden_dim, num_classes)
+
+
 def build_model(name: str, num_classes: int = 4, **kwargs: Any) -> Backbone:
     """Build a backbone by name: one of ARCHITECTURES (or, to load weights, RESNETS)."""
     if name == "convnet":
         return conv_net(num_classes, **kwargs)
+    if name == "vit_tiny":
+        return vit_tiny(num_classes, **kwargs)
     if name in RESNETS:
         if kwargs:
             raise ValueError(f"{name} takes no options, got {sorted(kwargs)}")

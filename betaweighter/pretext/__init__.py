@@ -1,6 +1,7 @@
 """Self-supervised pretext tasks, expressed as per-sample losses, and the augmentation
-presets applied to pool images before them; the gather that batch-coupled losses use
-under torch.distributed."""
+presets applied to pool images before them (masked prediction: MAE; transformation
+prediction: rotation; instance discrimination: SimCLR, MoCo, BYOL, SimSiam; clustering:
+SwAV); the gather that batch-coupled losses use under torch.distributed."""
 
 from betaweighter.pretext.augment import AUGMENTATIONS, PRESETS, Augment
 from betaweighter.pretext.base import Pretext, PretextBatch
@@ -14,6 +15,7 @@ from betaweighter.pretext.byol import (
 )
 from betaweighter.pretext.gather import gather_rows
 from betaweighter.pretext.heads import mlp_head
+from betaweighter.pretext.mae import MAEPretext, mae_loss, patchify, random_masking
 from betaweighter.pretext.moco import MoCoPretext, info_nce_loss
 from betaweighter.pretext.momentum import MomentumTarget, check_separate
 from betaweighter.pretext.rotation import RotationPretext, rotate4, rotation_loss
@@ -33,11 +35,12 @@ from betaweighter.pretext.views import (
 )
 
 __all__ = [
-    "AUGMENTATIONS", "PRESETS", "PSEUDO_BOX_METHODS", "Augment", "BYOLPretext", "MoCoPretext",
-    "MomentumTarget", "Pretext", "PretextBatch", "PseudoBoxes", "RPNPretext", "RotationPretext",
-    "SimCLRPretext", "SimSiamPretext", "SwAVPretext", "SwappedPrediction", "TwoViewPretext",
-    "TwoViews", "ViewPool", "augment_pairs", "byol_loss", "check_boxes", "check_separate",
-    "filter_boxes", "gather_rows", "info_nce_loss", "interleave", "mlp_head", "negative_cosine",
-    "nt_xent_loss", "rotate4", "rotation_loss", "simclr_view", "simsiam_loss", "sinkhorn",
-    "swap_views", "swav_loss", "two_view_pipelines",
+    "AUGMENTATIONS", "PRESETS", "PSEUDO_BOX_METHODS", "Augment", "BYOLPretext", "MAEPretext",
+    "MoCoPretext", "MomentumTarget", "Pretext", "PretextBatch", "PseudoBoxes", "RPNPretext",
+    "RotationPretext", "SimCLRPretext", "SimSiamPretext", "SwAVPretext", "SwappedPrediction",
+    "TwoViewPretext", "TwoViews", "ViewPool", "augment_pairs", "byol_loss", "check_boxes",
+    "check_separate", "filter_boxes", "gather_rows", "info_nce_loss", "interleave",
+    "mae_loss", "mlp_head", "negative_cosine", "nt_xent_loss", "patchify", "random_masking",
+    "rotate4", "rotation_loss", "simclr_view", "simsiam_loss", "sinkhorn", "swap_views",
+    "swav_loss", "two_view_pipelines",
 ]
