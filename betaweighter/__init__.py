@@ -29,6 +29,7 @@ _NAMES = {
     "InstanceWeights": "betaweighter.weights.base",
     "LearnedWeights": "betaweighter.weights.base",
     "WeightRule": "betaweighter.weights.base",
+    "register_weighting": "betaweighter.weights.base",
     "BetaWeights": "betaweighter.weights.beta",
     "ClusterWeights": "betaweighter.weights.cluster",
     "LossHeuristicWeights": "betaweighter.weights.heuristics",
@@ -65,6 +66,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         WeightNet,
         WeightOptimizer,
         WeightRule,
+        register_weighting,
     )
 
 
@@ -111,6 +113,7 @@ __all__ = [
     "evaluate",
     "models",
     "pretext",
+    "register_weighting",
     "rotate4",
     "runtime",
     "weights",

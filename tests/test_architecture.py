@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "betaweighter"
 ROOMS = ["base", "data", "pretext", "weights", "meta", "pruning", "models", "evaluate",
          "experiment", "cli"]
-BASE = {"errors", "io", "runtime", "checkpoint"}
+BASE = {"errors", "io", "runtime", "checkpoint", "registry"}
 MODELS = {"models", "published"}
 
 

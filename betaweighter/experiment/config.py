@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import re
 import typing
 import warnings
@@ -41,10 +42,10 @@ from betaweighter.experiment.tasks import (
     span,
 )
 from betaweighter.pretext.augment import AUGMENTATIONS, PRESETS
+from betaweighter.weights.base import WEIGHTINGS
 
-__all__ = ["METHODS", "Config", "ConfigError", "dump_config", "load_config", "parse_override"]
+__all__ = ["Config", "ConfigError", "dump_config", "load_config", "parse_override"]
 
-METHODS = ("cluster", "bdw", "dw", "l2rw", "nn", "weightnet", "heuristic", "random", "rotnet")
 PRETEXTS = ("rotation", "rpn", "simclr", "moco", "byol", "simsiam", "swav")
 AUGMENT_PRESETS = tuple(PRESETS)
 
@@ -57,6 +58,9 @@ class ExperimentSection:
     name: str = "experiment"
     seed: int = field(default=0, metadata=SEED)
     output_root: str = "runs"  # relative to the working directory
+    # Python modules imported before the config is checked: a package of your own whose
+    # @register_weighting components this config names (they must be importable).
+    imports: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -106,7 +110,9 @@ class PretextSection:
 
 @dataclass
 class WeightsSection:
-    method: Literal[METHODS] = "bdw"  # type: ignore[valid-type]
+    # A registered weighting method (betaweighter.weights.WEIGHTINGS): cluster, bdw, dw,
+    # l2rw, nn, weightnet, heuristic, random, rotnet, or one registered by experiment.imports.
+    method: str = field(default="bdw", metadata={"registry": WEIGHTINGS})
     # Keyword arguments of the method's class (checked against its signature).
     options: dict = field(default_factory=dict)
 
@@ -303,9 +309,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         node[keys[-1]] = value
         if ".".join(keys) in path_keys() and isinstance(value, str):
             node[keys[-1]] = str(Path(value).expanduser().resolve())
+    import_plugins(data)
     cfg = build(Config, data, "")
     _check_consistency(cfg)
     return cfg
+
+
+def import_plugins(data: Any) -> None:
+    """Import the modules of ``experiment.imports``, so the components they register are
+    known before the config's names are checked."""
+    names = data.get("experiment", {}).get("imports") if isinstance(data, dict) else None
+    if not names:
+        return
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"config key 'experiment.imports': expected a list of module names, "
+                          f"got {quote(names)}")
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # an import runs arbitrary code: report whatever it raised
+            raise ConfigError(f"config key 'experiment.imports': cannot import {name!r} "
+                              f"({type(err).__name__}: {err}); install it or fix "
+                              "sys.path") from None
 
 
 def _resolve_paths(data: dict, base: Path) -> None:

@@ -31,20 +31,12 @@ from betaweighter.pretext.twoview import TwoViewPretext
 from betaweighter.pretext.views import simclr_view
 from betaweighter.pruning import PruningScheduler
 from betaweighter.runtime import resolve_device, world
-from betaweighter.weights.base import InstanceWeights
+from betaweighter.weights.base import WEIGHTINGS, InstanceWeights
 
-__all__ = ["PRETEXT_BUILDERS", "WEIGHT_CLASSES", "Components", "build", "build_augment",
+__all__ = ["PRETEXT_BUILDERS", "Components", "build", "build_augment",
            "build_weights", "checked_kwargs"]
 
 # config name -> name of the class exported by `betaweighter`
-WEIGHT_CLASSES = {
-    "bdw": "BetaWeights", "dw": "PointWeights", "rotnet": "UniformWeights", "l2rw": "L2RW",
-    "nn": "NearestNeighbourWeights", "weightnet": "WeightNet",
-    "heuristic": "LossHeuristicWeights", "random": "RandomWeights",
-    "cluster": "ClusterWeights",
-}
-#: methods with parameters learnt by the meta-gradient (or taking it, as L2RW does)
-META_METHODS = ("BetaWeights", "PointWeights", "WeightNet", "ClusterWeights", "L2RW")
 
 
 def checked_kwargs(fn: Callable, options: dict[str, Any], key: str,
@@ -219,7 +211,7 @@ def build_augment(cfg: Config, bundle: bwdata.DataBundle) -> Augment | None:
 
 
 def build_weights(cfg: Config, num_instances: int) -> InstanceWeights:
-    cls = getattr(bw, WEIGHT_CLASSES[cfg.weights.method])
+    cls = WEIGHTINGS.get(cfg.weights.method).obj
     kw = checked_kwargs(cls, cfg.weights.options, "weights.options", ("num_instances",))
     if "seed" in inspect.signature(cls).parameters and "seed" not in kw:
         kw["seed"] = cfg.experiment.seed  # seeded randomness follows the run's seed
@@ -312,7 +304,7 @@ def _check_sync_batchnorm(cfg: Config, device: torch.device) -> None:
     if device.type != "cuda":
         raise ConfigError("config key 'train.sync_batchnorm': torch's SyncBatchNorm needs "
                           "CUDA devices; set it to false on the CPU")
-    learned = WEIGHT_CLASSES[cfg.weights.method] in META_METHODS
+    learned = WEIGHTINGS.get(cfg.weights.method).obj.needs_meta_gradient
     if learned and cfg.meta.meta_gradient in ("auto", "forward"):
         raise ConfigError("config key 'train.sync_batchnorm': SyncBatchNorm has no "
                           "forward-mode derivative in torch, so the forward-mode "
@@ -366,11 +358,9 @@ def build(cfg: Config, splits: Any = None) -> Components:
     optimizer = build_optimizer(cfg, pretext)
     scheduler = build_scheduler(cfg, optimizer)
     weights = build_weights(cfg, len(bundle.pool)).to(device)
-    fit_seconds = 0.0
-    if callable(getattr(weights, "fit", None)):  # NN-Weighter distances, clusters
-        start = time.perf_counter()
-        weights.fit(bundle.pool, bundle.target_train, pretext)
-        fit_seconds = time.perf_counter() - start
+    start = time.perf_counter()  # NN-Weighter distances, clusters; others do nothing
+    weights.fit(bundle.pool, bundle.target_train, pretext)
+    fit_seconds = time.perf_counter() - start
     scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
     target = (bundle.detection_target if cfg.meta.objective == "detection"
               else bundle.target_train)

@@ -168,6 +168,8 @@ def _number(value: Any, key: str, bad: ConfigError) -> float:
 
 
 def _check_range(value: Any, f: dataclasses.Field, key: str) -> None:
+    if "registry" in f.metadata and isinstance(value, str):
+        f.metadata["registry"].get(value)  # a registered name, else one line listing them
     if "range" not in f.metadata or value is None or isinstance(value, str):
         return  # null, or a named choice of a union (pruning.control: cdf)
     allowed = Range(*f.metadata["range"], min_items=f.metadata.get("min_items", 0))

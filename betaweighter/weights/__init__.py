@@ -1,6 +1,12 @@
 """Per-instance weighting methods: learned distributions and per-step rules."""
 
-from betaweighter.weights.base import InstanceWeights, LearnedWeights, WeightRule
+from betaweighter.weights.base import (
+    WEIGHTINGS,
+    InstanceWeights,
+    LearnedWeights,
+    WeightRule,
+    register_weighting,
+)
 from betaweighter.weights.beta import BetaWeights
 from betaweighter.weights.cluster import ClusterWeights
 from betaweighter.weights.heuristics import LossHeuristicWeights
@@ -13,6 +19,7 @@ from betaweighter.weights.random_control import RandomWeights
 from betaweighter.weights.uniform import UniformWeights
 
 __all__ = [
+    "WEIGHTINGS",
     "BetaWeights",
     "ClusterWeights",
     "InstanceWeights",
@@ -26,4 +33,5 @@ __all__ = [
     "WeightNet",
     "WeightOptimizer",
     "WeightRule",
+    "register_weighting",
 ]

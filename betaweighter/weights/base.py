@@ -17,16 +17,29 @@ all that pruning, logging and plots read.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["InstanceWeights", "LearnedWeights", "WeightRule"]
+from betaweighter.registry import Registry
+
+__all__ = ["WEIGHTINGS", "InstanceWeights", "LearnedWeights", "WeightRule", "register_weighting"]
+
+#: Every weighting method by its ``weights.method`` name.
+WEIGHTINGS = Registry("weighting method", "weights.method", package="betaweighter.weights",
+                      decorator="register_weighting")
+register_weighting = WEIGHTINGS.register
 
 _INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 class InstanceWeights(nn.Module):
     """Weights for a pool of `num_instances` unlabelled instances, as reported per instance."""
+
+    #: True where `MetaWeighter` must compute the look-ahead's meta-gradient for the method:
+    #: every `LearnedWeights`, and rules that read it (L2RW).
+    needs_meta_gradient: bool = False
 
     def __init__(self, num_instances: int) -> None:
         super().__init__()
@@ -47,6 +60,11 @@ class InstanceWeights(nn.Module):
         """P(w_i <= value). Deterministic weights are point masses: 1 if w_i <= value."""
         w = self.mean(indices)
         return (w <= value).to(w.dtype)
+
+    def fit(self, pool: Any, target: Any, model: nn.Module | None = None) -> InstanceWeights:
+        """Look at the data once, before training (a method that embeds the pool overrides
+        it: `NearestNeighbourWeights`, `ClusterWeights`); by default nothing."""
+        return self
 
     def on_epoch_end(self, epoch: int | None = None, model: nn.Module | None = None) -> bool:
         """Called after each epoch (e.g. to refresh distances); returns whether anything
@@ -87,6 +105,7 @@ class LearnedWeights(InstanceWeights):
     stepped densely).
     """
 
+    needs_meta_gradient = True
     row_parameters: tuple[str, ...] = ()
 
     def sample(self, indices: Tensor, losses: Tensor | None = None) -> Tensor:
@@ -114,8 +133,6 @@ class WeightRule(InstanceWeights):
     ``needs_meta_gradient`` rules (L2RW) receive, in `weights`, the meta-gradient dM/dw_i
     at w = 0 that `MetaWeighter` computed for the batch just before.
     """
-
-    needs_meta_gradient: bool = False
 
     def weights(self, indices: Tensor, losses: Tensor | None = None, *, step: int = 0,
                 meta_grad: Tensor | None = None) -> Tensor:

@@ -20,13 +20,14 @@ from scipy.special import betainc
 from torch import Tensor, nn
 from torch.distributions import Beta, kl_divergence
 
-from betaweighter.weights.base import LearnedWeights
+from betaweighter.weights.base import LearnedWeights, register_weighting
 
 __all__ = ["ESTIMATORS", "BetaWeights"]
 
 ESTIMATORS = ("reparam", "mean")
 
 
+@register_weighting("bdw")
 class BetaWeights(LearnedWeights):
     """One Beta(alpha_i, beta_i) per instance.
 

@@ -50,7 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from betaweighter.runtime import broadcast_object
-from betaweighter.weights.base import LearnedWeights
+from betaweighter.weights.base import LearnedWeights, register_weighting
 from betaweighter.weights.embedding import SPACES, embed_all
 
 __all__ = ["PRIORS", "ClusterWeights"]
@@ -59,6 +59,7 @@ PRIORS = ("none", "target")
 MAX_LOGIT = 12.0
 
 
+@register_weighting("cluster")
 class ClusterWeights(LearnedWeights):
     """Weights shared within k-means clusters of the model's features (see the module
     docstring).

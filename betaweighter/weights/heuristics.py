@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from betaweighter.weights.base import WeightRule
+from betaweighter.weights.base import WeightRule, register_weighting
 from betaweighter.weights.running import running_average, update_running_average
 
 __all__ = ["LossHeuristicWeights"]
@@ -38,6 +38,7 @@ __all__ = ["LossHeuristicWeights"]
 RULES = ("hard", "easy", "el2n")
 
 
+@register_weighting("heuristic")
 class LossHeuristicWeights(WeightRule):
     """Weights from the running rotation loss: keep-hard, keep-easy or EL2N-style.
 

@@ -30,12 +30,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from betaweighter.weights.base import WeightRule
+from betaweighter.weights.base import WeightRule, register_weighting
 from betaweighter.weights.running import running_average, update_running_average
 
 __all__ = ["L2RW"]
 
 
+@register_weighting("l2rw")
 class L2RW(WeightRule):
     """Per-step weights from the sign of the look-ahead meta-gradient (Ren et al., 2018).
 

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from betaweighter.weights.base import WeightRule
+from betaweighter.weights.base import WeightRule, register_weighting
 from betaweighter.weights.embedding import SPACES, embed
 
 __all__ = ["NearestNeighbourWeights"]
@@ -40,6 +40,7 @@ __all__ = ["NearestNeighbourWeights"]
 BACKENDS = ("torch", "sklearn")
 
 
+@register_weighting("nn")
 class NearestNeighbourWeights(WeightRule):
     """w_i = exp(-k * distance from instance i to its nearest labelled target image).
 

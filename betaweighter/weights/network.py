@@ -26,11 +26,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from betaweighter.weights.base import LearnedWeights
+from betaweighter.weights.base import LearnedWeights, register_weighting
 
 __all__ = ["WeightNet"]
 
 
+@register_weighting("weightnet")
 class WeightNet(LearnedWeights):
     """Weights from an MLP of the per-instance loss (Meta-Weight-Net style).
 

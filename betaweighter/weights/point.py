@@ -11,11 +11,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from betaweighter.weights.base import LearnedWeights
+from betaweighter.weights.base import LearnedWeights, register_weighting
 
 __all__ = ["PointWeights"]
 
 
+@register_weighting("dw")
 class PointWeights(LearnedWeights):
     """One scalar weight per instance in [0, 1], initialised to `init` (default 0.5, the
     mean of BDW's Beta(1, 1) start so the two begin at the same effective step size)."""

@@ -20,11 +20,12 @@ import math
 import torch
 from torch import Tensor
 
-from betaweighter.weights.base import WeightRule
+from betaweighter.weights.base import WeightRule, register_weighting
 
 __all__ = ["RandomWeights"]
 
 
+@register_weighting("random")
 class RandomWeights(WeightRule):
     """Uniform(0, 1) weights that carry no information (a control).
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from betaweighter.weights.base import WeightRule
+from betaweighter.weights.base import WeightRule, register_weighting
 
 __all__ = ["UniformWeights"]
 
 
+@register_weighting("rotnet")
 class UniformWeights(WeightRule):
     """Weight 1 for every instance at every step."""
 

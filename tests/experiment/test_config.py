@@ -36,7 +36,7 @@ def test_defaults_and_typed_overrides(tmp_path):
     ("train:\n  lr: .inf\n", r"'train.lr': must be a finite number, got inf"),
     ("train:\n  lr: 1e-3x\n", r"'train.lr': expected a finite number, got '1e-3x'"),
     ("train:\n  device: tpu\n", r"'train.device': unknown device 'tpu'"),
-    ("weights:\n  method: magic\n", r"'weights.method': expected one of 'cluster'.*got 'magic'"),
+    ("weights:\n  method: magic\n", r"'weights.method': unknown weighting method 'magic'; choose one of .*cluster"),
     ("meta:\n  normalise: 1\n", r"'meta.normalise': expected true or false"),
     ("train:\n  milestones: [25, 15]\n", r"'train.milestones': must be increasing"),
     ("data:\n  name: stl10\n", r"'data.root'"),
