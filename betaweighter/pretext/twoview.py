@@ -1,4 +1,4 @@
-"""What the two-view pretexts (SimCLR, MoCo, BYOL, SimSiam) share: two augmented views per
+"""What the two-view pretexts (SimCLR, MoCo, BYOL, SimSiam, SwAV) share: two augmented views per
 pool image as consecutive rows, projection heads on the backbone's features, and an unused
 rotation head left frozen.
 
