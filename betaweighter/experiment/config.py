@@ -46,7 +46,7 @@ from betaweighter.weights.base import WEIGHTINGS
 
 __all__ = ["Config", "ConfigError", "dump_config", "load_config", "parse_override"]
 
-PRETEXTS = ("rotation", "rpn", "simclr", "moco", "byol", "simsiam", "swav")
+PRETEXTS = ("rotation", "rpn", "simclr", "moco", "byol", "simsiam", "swav", "mae")
 AUGMENT_PRESETS = tuple(PRESETS)
 
 
@@ -84,9 +84,13 @@ class DataSection:
 
 @dataclass
 class ModelSection:
-    name: Literal["convnet", "resnet18", "resnet50"] = "convnet"
-    width: int = field(default=64, metadata=_range(1))
-    blocks: int = field(default=4, metadata=_range(1))
+    name: Literal["convnet", "resnet18", "resnet50", "vit_tiny"] = "convnet"
+    width: int = field(default=64, metadata=_range(1))  # convnet: channels per block
+    blocks: int = field(default=4, metadata=_range(1))  # convnet: conv; vit_tiny: transformer
+    # vit_tiny: the side of its square patches, and of the images it takes (null: the
+    # data's); its position embeddings fix the input size.
+    patch_size: int = field(default=4, metadata=_range(1))
+    image_size: int | None = field(default=None, metadata=_range(1))
 
 
 @dataclass

@@ -3,6 +3,7 @@ optimisers, schedules, the meta objective, MetaWeighter and the pruning schedule
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from betaweighter.models import Backbone, build_model, load_backbone
 from betaweighter.pretext.augment import Augment
 from betaweighter.pretext.base import Pretext
 from betaweighter.pretext.byol import BYOLPretext, SimSiamPretext
+from betaweighter.pretext.mae import MAEPretext
 from betaweighter.pretext.moco import MoCoPretext
 from betaweighter.pretext.rotation import RotationPretext
 from betaweighter.pretext.rpn import RPNPretext, resnet_model_config
@@ -91,6 +93,9 @@ def _backbone(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
     model_config: dict[str, Any] = {"name": cfg.model.name, "num_classes": 4}
     if cfg.model.name == "convnet":
         model_config.update(width=cfg.model.width, blocks=cfg.model.blocks)
+    if cfg.model.name == "vit_tiny":  # `build` sets image_size from the data when null
+        model_config.update(image_size=cfg.model.image_size or 32,
+                            patch_size=cfg.model.patch_size, blocks=cfg.model.blocks)
     model = build_model(**model_config)
     if cfg.pretext.init:
         loaded = _init_backbone(cfg)
@@ -151,6 +156,20 @@ def _two_view(cls: type[TwoViewPretext]) -> Callable[[Config, dict[str, Any]],
     return builder
 
 
+def _mae(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, Any]]:
+    """MAE on the Vision Transformer of `cfg.model` (model.name vit_tiny); the backbone
+    keeps the rotation head, frozen, so that `load_backbone` rebuilds it."""
+    checked_kwargs(MAEPretext, options, "pretext.options", ("backbone",))
+    if cfg.model.name != "vit_tiny":
+        raise ConfigError(f"config key 'model.name': pretext mae needs a Vision Transformer "
+                          f"(model.name: vit_tiny), got {cfg.model.name!r}")
+    model, model_config = _backbone(cfg)
+    try:
+        return MAEPretext(model, **options), model_config
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config section 'pretext.options' for mae: {e}") from None
+
+
 def _rpn(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, Any]]:
     """FPN + RPN on pseudo boxes over a ResNet: a fresh one (model.name) or the backbone of
     the checkpoint ``pretext.init`` (e.g. a rotation run)."""
@@ -188,6 +207,7 @@ PRETEXT_BUILDERS: dict[str, Callable[[Config, dict[str, Any]],
                                      tuple[Pretext, dict[str, Any]]]] = {
     "rotation": _rotation,
     "rpn": _rpn,
+    "mae": _mae,
     **{name: _two_view(cls) for name, cls in TWO_VIEW.items()},
 }
 
@@ -297,6 +317,15 @@ def _check_depth(cfg: Config, image_size: int) -> None:
         raise ConfigError(f"config key 'model.blocks': {blocks} blocks halve the {image_size} "
                           f"px images {blocks} times, below one pixel; at most {most} fit "
                           f"(set model.blocks <= {most}, or use larger images)")
+    if cfg.model.name == "vit_tiny":
+        side, patch = cfg.model.image_size, cfg.model.patch_size
+        if side is not None and side != image_size:
+            raise ConfigError(f"config key 'model.image_size': {side}, but the data's images "
+                              f"are {image_size} px; set it to {image_size} or null (the "
+                              "data's)")
+        if image_size % patch:
+            raise ConfigError(f"config key 'model.patch_size': {patch} px patches do not tile "
+                              f"the {image_size} px images; choose a divisor of {image_size}")
 
 
 def _check_sync_batchnorm(cfg: Config, device: torch.device) -> None:
@@ -342,6 +371,9 @@ def build(cfg: Config, splits: Any = None) -> Components:
     device = resolve_device(cfg.train.device, key="config key 'train.device'")
     bundle = build_data(cfg, seed, splits)
     _check_depth(cfg, int(bundle.image_size))
+    if cfg.model.name == "vit_tiny" and cfg.model.image_size is None:  # the data's side
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, image_size=int(bundle.image_size)))
     torch.manual_seed(seed)
     name = cfg.pretext.name
     pretext, model_config = PRETEXT_BUILDERS[name](cfg, dict(cfg.pretext.options))

@@ -52,6 +52,40 @@ def test_each_pretext_runs_an_epoch_and_writes_a_complete_run(name, tmp_path):
     assert backbone.data_config["image_size"] == 32
 
 
+def test_an_mae_run_from_yaml_trains_a_vit_whose_checkpoint_evaluates(tmp_path):
+    """demo/mae (BDW, CDF pruning) for one tiny epoch; the checkpoint rebuilds the ViT,
+    which the few-shot evaluator reads."""
+    from betaweighter.evaluate.fewshot import evaluate_fewshot
+    from betaweighter.experiment.shipped import config_file as shipped_file
+
+    with shipped_file("demo/mae") as path:
+        cfg = load_config(path, TINY + [
+            f"experiment.output_root={tmp_path}", "train.epochs=1", "train.batch_size=16",
+            "model.blocks=1", "pretext.options={decoder_dim: 16, decoder_layers: 1, "
+            "decoder_heads: 2}"])
+    assert cfg.pretext.name == "mae" and cfg.weights.method == "bdw"
+    with Trainer.start(cfg) as trainer:
+        summary = trainer.run()
+        run = trainer.run_dir
+    for f in FILES:
+        assert (run / f).is_file(), f
+    assert summary["pretext"] == "mae"
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert int(rows[0]["images_seen"]) == 3 * 16 and float(rows[0]["kept_fraction"]) < 1.0
+    state = read_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["model_config"] == {"name": "vit_tiny", "num_classes": 4, "image_size": 32,
+                                     "patch_size": 4, "blocks": 1}
+    assert any(k.startswith("decoder.") for k in state["pretext"])
+    backbone = load_backbone(run, device="cpu")
+    assert type(backbone.encoder).__name__ == "VisionTransformer"
+    y = torch.arange(20) % 4  # four classes of flat colours, slightly noisy: easy to tell
+    g = torch.Generator().manual_seed(0)
+    x = (y.float() - 1.5).view(-1, 1, 1, 1) + 0.05 * torch.randn(20, 3, 32, 32, generator=g)
+    out = evaluate_fewshot(backbone, torch.utils.data.TensorDataset(x, y), way=4, shot=1,
+                           query=2, episodes=3, device="cpu")
+    assert out["episodes"] == 3 and out["accuracy"] >= 0.9
+
+
 def test_a_moco_run_resumes_exactly(tmp_path):
     """The queue, its pointer and the key encoder come back with the checkpoint."""
     over = TINY + ["pretext.name=moco", SMALL, "train.epochs=2"]
@@ -87,7 +121,7 @@ def test_pretext_options_are_checked_against_the_class(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["simclr", "moco", "byol", "simsiam", "swav"])
+@pytest.mark.parametrize("name", ["simclr", "moco", "byol", "simsiam", "swav", "mae"])
 def test_a_shipped_config_per_pretext_for_the_demo_and_stl10(name):
     names = dict(shipped_configs())
     for shipped in (f"demo/{name}", f"stl10/{name}"):
