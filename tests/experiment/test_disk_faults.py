@@ -249,3 +249,10 @@ def test_a_damaged_extremes_file_never_suggests_unpickling(finished, tmp_path, c
     (run / "plots" / "extremes.npz").write_bytes(buffer.getvalue())
     line = _error(capsys, ["plot", str(run)])
     assert "extremes.npz holds Python objects" in line and "allow_pickle" not in line
+
+
+def test_a_loss_that_diverges_before_any_checkpoint_does_not_offer_resume(tmp_path, capsys):
+    line = _error(capsys, ["run", "demo", "--out", str(tmp_path), *_sets(
+        TINY + ["train.lr=1e30"])])
+    assert "became nan" in line or "became inf" in line
+    assert "no checkpoint was written yet" in line and "--resume" not in line
