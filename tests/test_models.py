@@ -84,3 +84,38 @@ def test_missing_entries_and_unknown_architecture(tmp_path):
     torch.save({"model": {}, "model_config": "convnet"}, tmp_path / "c.pt")
     with pytest.raises(CheckpointError, match="must be a dict"):
         load_backbone(tmp_path / "c.pt")
+
+
+VIT = {"name": "vit_tiny", "num_classes": 4, "image_size": 16, "patch_size": 8, "blocks": 1}
+
+
+def test_vit_features_are_the_mean_of_the_encoded_patch_tokens():
+    """Against torchvision's own forward: its class-token output is token 0 of the same
+    encoder pass, so the pooled tokens come from the one network torchvision defines."""
+    torch.manual_seed(0)
+    model = build_model(**VIT).eval()
+    vit, x = model.encoder, torch.randn(3, 3, 16, 16)
+    tokens = vit._process_input(x)
+    seq = vit.encoder(torch.cat([vit.class_token.expand(3, -1, -1), tokens], 1))
+    torch.testing.assert_close(model.features(x), seq[:, 1:].mean(1))
+    torch.testing.assert_close(vit(x), seq[:, 0])  # heads are Identity: the class token
+    assert model(x).shape == (3, 4) and model.feature_dim == 192
+    with pytest.raises(ValueError, match="not a multiple of patch_size"):
+        build_model(**{**VIT, "patch_size": 5})
+
+
+def test_a_vit_checkpoint_rebuilds_and_dense_tasks_refuse_it(tmp_path, checkpoint_writer):
+    from betaweighter.errors import DataError
+    from betaweighter.evaluate.dense import spatial_trunk
+    from betaweighter.evaluate.detection import resnet_trunk
+
+    path = checkpoint_writer(tmp_path / "v.pt", VIT, seed=3)
+    model = load_backbone(path, device="cpu")
+    torch.manual_seed(3)
+    _same_weights(model, build_model(**VIT))
+    with pytest.raises(DataError, match="takes images of 16x16 px"):
+        model.features(torch.zeros(1, 3, 32, 32))
+    with pytest.raises(TypeError, match="needs a torchvision ResNet.*VisionTransformer"):
+        resnet_trunk(model)
+    with pytest.raises(TypeError, match="spatial feature map.*VisionTransformer"):
+        spatial_trunk(model)
