@@ -76,6 +76,11 @@ def test_swav_loop(capsys):
     assert "epoch 0: SwAV loss" in capsys.readouterr().out
 
 
+def test_mae_loop(capsys):
+    _load("mae_loop").main(epochs=1, pool_size=64)
+    assert "epoch 0: MAE loss" in capsys.readouterr().out
+
+
 def test_lightly_loop(capsys):
     pytest.importorskip("lightly")
     _load("lightly_loop").main(epochs=1, pool_size=64)
@@ -83,7 +88,7 @@ def test_lightly_loop(capsys):
 
 
 @pytest.mark.parametrize("name", ["custom_loop", "simclr_loop", "byol_loop",
-                                  "swav_loop"])
+                                  "swav_loop", "mae_loop"])
 def test_wrapping_takes_no_more_than_five_added_lines(name):
     lines = (EXAMPLES / f"{name}.py").read_text().splitlines()
     marked = [n for n, line in enumerate(lines)
