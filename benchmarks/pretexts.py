@@ -4,6 +4,9 @@
     python benchmarks/pretexts.py --model resnet18     # ResNet-18 at 84 px (STL-10's crop)
     python benchmarks/pretexts.py --compare            # plain loop vs BDW + pruning, 3 seeds
 
+MAE needs patches, so it always runs on vit_tiny (32 px, 4 px patches, 4 blocks), whatever
+``--model`` says; its row names the model it ran on.
+
 Step ratio. A "plain step" is the user's loop with the pretext as it is: ``pretext.batch``
 (augmentation, target network), forward, the mean per-row loss, backward,
 ``optimizer.step()`` and ``pretext.after_step()`` (EMA, queue). A "meta step" is the same
@@ -33,6 +36,7 @@ import betaweighter as bw
 from betaweighter.models import build_model
 from betaweighter.pretext import (
     BYOLPretext,
+    MAEPretext,
     MoCoPretext,
     RotationPretext,
     SimCLRPretext,
@@ -54,14 +58,21 @@ PRETEXTS = {
     "swav": lambda backbone, size, stats: SwAVPretext(
         backbone, hidden_dim=128, projection_dim=64, prototypes=30, queue_size=256,
         image_size=size, **stats),
+    "mae": lambda backbone, size, stats: MAEPretext(
+        backbone, decoder_dim=128, decoder_layers=2, decoder_heads=4),
 }
 MODELS = {"convnet": {"size": 32, "kwargs": {"width": 32}},
-          "resnet18": {"size": 84, "kwargs": {}}}
+          "resnet18": {"size": 84, "kwargs": {}},
+          "vit_tiny": {"size": 32, "kwargs": {"image_size": 32, "patch_size": 4, "blocks": 4}}}
+#: pretexts that need a particular backbone, whatever --model says
+BACKBONES = {"mae": "vit_tiny"}
+COPIES = {"rotation": 4, "mae": 1}  # rows per pool image (2 for the two-view tasks)
 
 
 def _setup(pretext: str, model: str, batch: int, episode: tuple[int, int, int],
            device: torch.device, every: int):
     torch.manual_seed(0)
+    model = BACKBONES.get(pretext, model)
     size = MODELS[model]["size"]
     stats = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
     task = PRETEXTS[pretext](build_model(model, 4, **MODELS[model]["kwargs"]), size, stats)
@@ -181,8 +192,9 @@ def main() -> None:
         return
     device = torch.device(args.device)
     for name in pretexts:
-        copies = 4 if name == "rotation" else 2
-        row = {"pretext": name, "model": args.model, "size": MODELS[args.model]["size"],
+        copies = COPIES.get(name, 2)
+        model = BACKBONES.get(name, args.model)
+        row = {"pretext": name, "model": model, "size": MODELS[model]["size"],
                "batch": args.batch, "rows": copies * args.batch, "episode": args.episode,
                "every": args.every, "device": str(device),
                **time_pair(name, args.model, args.batch, tuple(args.episode), device,
