@@ -77,7 +77,9 @@ class PrototypicalLoss(MetaObjective):
     whole episode, as in the reference code).
 
     Args:
-        way, shot, query: episode shape (the paper: 10, 10, 10 = 200 images).
+        way: classes per episode (the paper: 10).
+        shot: labelled support images per class (the paper: 10).
+        query: query images per class (the paper: 10, so 200 images an episode).
         features: how to embed: None uses ``model.features`` when the model has it (else
             the model's output), a string names another method, or a callable
             ``(model, x) -> embeddings``.

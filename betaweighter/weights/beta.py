@@ -33,14 +33,17 @@ class BetaWeights(LearnedWeights):
 
     Args:
         num_instances: size of the unlabelled pool.
-        init_alpha, init_beta: starting concentrations (Beta(1, 1) = uniform, mean 0.5).
+        init_alpha: starting alpha of every instance (with init_beta; Beta(1, 1) is
+            uniform, mean 0.5).
+        init_beta: starting beta of every instance.
         prior: optional (alpha_0, beta_0) of a Beta prior. With ``kl_weight > 0`` the mean
             over the batch of KL(q_i || prior), times ``kl_weight``, joins the meta objective.
             Off by default, as in the reference code.
         kl_weight: coefficient of that KL term.
-        min_concentration, max_concentration: the concentrations are projected into this
-            range after every optimiser step, so no learning rate can push them to 0 or
-            infinity.
+        min_concentration: the concentrations are projected into [min_concentration,
+            max_concentration] after every optimiser step, so no learning rate can push
+            them to 0 or infinity.
+        max_concentration: the upper end of that range.
         sample_eps: samples are clamped to [eps, 1 - eps] (a Beta sample can round to
             exactly 0 or 1 in float32); the clamp passes the gradient straight through, so
             an instance whose samples all fall outside keeps learning.

@@ -16,7 +16,8 @@ keep): an instance whose meta-gradient is consistently larger than the pool's ty
 still moves faster, which is the information the weights should learn. ``lr`` then reads
 as "how far a parameter moves in one meta update for a gradient of typical size", whatever
 the model, loss or schedule. Multiplying the meta objective by any constant leaves the
-trajectory unchanged exactly; see the README for the other invariances and their limits.
+trajectory unchanged exactly; the docs page "How the weights learn" gives the other
+invariances and their limits.
 
 Only the rows of the instances in the batch are touched (an SGD momentum buffer row, or
 lazy-Adam moments, per instance). The reference code ran dense SGD with momentum over all
