@@ -42,11 +42,11 @@ from betaweighter.experiment.tasks import (
     span,
 )
 from betaweighter.pretext.augment import AUGMENTATIONS, PRESETS
+from betaweighter.pretext.base import PRETEXTS
 from betaweighter.weights.base import WEIGHTINGS
 
 __all__ = ["Config", "ConfigError", "dump_config", "load_config", "parse_override"]
 
-PRETEXTS = ("rotation", "rpn", "simclr", "moco", "byol", "simsiam", "swav", "mae")
 AUGMENT_PRESETS = tuple(PRESETS)
 
 
@@ -95,7 +95,9 @@ class ModelSection:
 
 @dataclass
 class PretextSection:
-    name: Literal[PRETEXTS] = "rotation"  # type: ignore[valid-type]
+    # A registered pretext (betaweighter.pretext.PRETEXTS): rotation, rpn, simclr, moco, byol,
+    # simsiam, swav, mae, or one registered by experiment.imports.
+    name: str = field(default="rotation", metadata={"registry": PRETEXTS})
     # Augmentation of each pool image before the pretext task (betaweighter.pretext.augment):
     # default (nothing added), spatial (crop + flip), appearance (colour + grayscale + blur),
     # all, or a list of parts from crop, flip, colour, grayscale, blur.

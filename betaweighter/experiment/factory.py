@@ -21,24 +21,17 @@ from betaweighter.meta.distributed import unwrap as dist_unwrap
 from betaweighter.meta.weighter import MetaWeighter
 from betaweighter.models import Backbone, build_model, load_backbone
 from betaweighter.pretext.augment import Augment
-from betaweighter.pretext.base import Pretext
-from betaweighter.pretext.byol import BYOLPretext, SimSiamPretext
-from betaweighter.pretext.mae import MAEPretext
-from betaweighter.pretext.moco import MoCoPretext
-from betaweighter.pretext.rotation import RotationPretext
+from betaweighter.pretext.base import PRETEXTS, Pretext
 from betaweighter.pretext.rpn import RPNPretext, resnet_model_config
-from betaweighter.pretext.simclr import SimCLRPretext
-from betaweighter.pretext.swav import SwAVPretext
 from betaweighter.pretext.twoview import TwoViewPretext
 from betaweighter.pretext.views import simclr_view
 from betaweighter.pruning import PruningScheduler
 from betaweighter.runtime import resolve_device, world
 from betaweighter.weights.base import WEIGHTINGS, InstanceWeights
 
-__all__ = ["PRETEXT_BUILDERS", "Components", "build", "build_augment",
-           "build_weights", "checked_kwargs"]
+__all__ = ["Components", "build", "build_augment", "build_weights", "checked_kwargs",
+           "pretext_builder"]
 
-# config name -> name of the class exported by `betaweighter`
 
 
 def checked_kwargs(fn: Callable, options: dict[str, Any], key: str,
@@ -125,10 +118,23 @@ def _init_backbone(cfg: Config) -> Backbone:
         raise
 
 
-def _rotation(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, Any]]:
-    checked_kwargs(RotationPretext, options, "pretext.options", ("backbone",))
-    model, model_config = _backbone(cfg)
-    return RotationPretext(model, **options), model_config
+def _single(name: str, cls: type[Pretext], models: tuple[str, ...] | None
+            ) -> Callable[[Config, dict[str, Any]], tuple[Pretext, dict[str, Any]]]:
+    """A builder for a pretext made as ``cls(backbone, **pretext.options)`` (rotation, MAE,
+    a registered task of one's own) on the model of `cfg.model` with the rotation head."""
+
+    def builder(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, Any]]:
+        checked_kwargs(cls, options, "pretext.options", ("backbone",))
+        if models is not None and cfg.model.name not in models:
+            raise ConfigError(f"config key 'model.name': pretext {name} needs model.name "
+                              f"{' or '.join(models)}, got {cfg.model.name!r}")
+        model, model_config = _backbone(cfg)
+        try:
+            return cls(model, **options), model_config
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config section 'pretext.options' for {name!r}: {e}") from None
+
+    return builder
 
 
 def _two_view(cls: type[TwoViewPretext]) -> Callable[[Config, dict[str, Any]],
@@ -154,20 +160,6 @@ def _two_view(cls: type[TwoViewPretext]) -> Callable[[Config, dict[str, Any]],
                               f"{e}") from None
 
     return builder
-
-
-def _mae(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, Any]]:
-    """MAE on the Vision Transformer of `cfg.model` (model.name vit_tiny); the backbone
-    keeps the rotation head, frozen, so that `load_backbone` rebuilds it."""
-    checked_kwargs(MAEPretext, options, "pretext.options", ("backbone",))
-    if cfg.model.name != "vit_tiny":
-        raise ConfigError(f"config key 'model.name': pretext mae needs a Vision Transformer "
-                          f"(model.name: vit_tiny), got {cfg.model.name!r}")
-    model, model_config = _backbone(cfg)
-    try:
-        return MAEPretext(model, **options), model_config
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"config section 'pretext.options' for mae: {e}") from None
 
 
 def _rpn(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, Any]]:
@@ -197,19 +189,16 @@ def _rpn(cfg: Config, options: dict[str, Any]) -> tuple[Pretext, dict[str, Any]]
         raise ConfigError(f"config section 'pretext.options' for rpn: {e}") from None
 
 
-#: pretexts that draw their own two views (pretext.options.augment)
-TWO_VIEW: dict[str, type[TwoViewPretext]] = {
-    "simclr": SimCLRPretext, "moco": MoCoPretext, "byol": BYOLPretext,
-    "simsiam": SimSiamPretext, "swav": SwAVPretext}
-
-#: pretext name -> builder(cfg, options) -> (pretext module, model_config of its backbone)
-PRETEXT_BUILDERS: dict[str, Callable[[Config, dict[str, Any]],
-                                     tuple[Pretext, dict[str, Any]]]] = {
-    "rotation": _rotation,
-    "rpn": _rpn,
-    "mae": _mae,
-    **{name: _two_view(cls) for name, cls in TWO_VIEW.items()},
-}
+def pretext_builder(name: str) -> Callable[[Config, dict[str, Any]],
+                                          tuple[Pretext, dict[str, Any]]]:
+    """The builder of the registered pretext `name` (``PRETEXTS``): cfg, options ->
+    (pretext module, model_config of its backbone)."""
+    entry = PRETEXTS.get(name)
+    if issubclass(entry.obj, RPNPretext):
+        return _rpn
+    if issubclass(entry.obj, TwoViewPretext):
+        return _two_view(entry.obj)
+    return _single(name, entry.obj, entry.meta.get("models"))
 
 
 def build_augment(cfg: Config, bundle: bwdata.DataBundle) -> Augment | None:
@@ -217,7 +206,8 @@ def build_augment(cfg: Config, bundle: bwdata.DataBundle) -> Augment | None:
 
     Two-view pretexts draw their own views (``pretext.options.augment``), so a preset on
     top of them is refused rather than silently stacked."""
-    if cfg.pretext.name in TWO_VIEW and cfg.pretext.augment != "default":
+    if (issubclass(PRETEXTS.get(cfg.pretext.name).obj, TwoViewPretext)
+            and cfg.pretext.augment != "default"):
         raise ConfigError(
             f"config key 'pretext.augment': {cfg.pretext.name} augments its two views "
             "itself; choose their invariances with pretext.options.augment instead (spatial "
@@ -376,7 +366,7 @@ def build(cfg: Config, splits: Any = None) -> Components:
             cfg.model, image_size=int(bundle.image_size)))
     torch.manual_seed(seed)
     name = cfg.pretext.name
-    pretext, model_config = PRETEXT_BUILDERS[name](cfg, dict(cfg.pretext.options))
+    pretext, model_config = pretext_builder(name)(cfg, dict(cfg.pretext.options))
     pretext.bind_data(bundle)
     pretext.to(device)
     model: nn.Module = pretext

@@ -4,7 +4,7 @@ prediction: rotation; instance discrimination: SimCLR, MoCo, BYOL, SimSiam; clus
 SwAV); the gather that batch-coupled losses use under torch.distributed."""
 
 from betaweighter.pretext.augment import AUGMENTATIONS, PRESETS, Augment
-from betaweighter.pretext.base import Pretext, PretextBatch
+from betaweighter.pretext.base import PRETEXTS, Pretext, PretextBatch, register_pretext
 from betaweighter.pretext.boxes import PSEUDO_BOX_METHODS, PseudoBoxes, filter_boxes
 from betaweighter.pretext.byol import (
     BYOLPretext,
@@ -35,12 +35,12 @@ from betaweighter.pretext.views import (
 )
 
 __all__ = [
-    "AUGMENTATIONS", "PRESETS", "PSEUDO_BOX_METHODS", "Augment", "BYOLPretext", "MAEPretext",
-    "MoCoPretext", "MomentumTarget", "Pretext", "PretextBatch", "PseudoBoxes", "RPNPretext",
-    "RotationPretext", "SimCLRPretext", "SimSiamPretext", "SwAVPretext", "SwappedPrediction",
-    "TwoViewPretext", "TwoViews", "ViewPool", "augment_pairs", "byol_loss", "check_boxes",
-    "check_separate", "filter_boxes", "gather_rows", "info_nce_loss", "interleave",
+    "AUGMENTATIONS", "PRESETS", "PRETEXTS", "PSEUDO_BOX_METHODS", "Augment", "BYOLPretext",
+    "MAEPretext", "MoCoPretext", "MomentumTarget", "Pretext", "PretextBatch", "PseudoBoxes",
+    "RPNPretext", "RotationPretext", "SimCLRPretext", "SimSiamPretext", "SwAVPretext",
+    "SwappedPrediction", "TwoViewPretext", "TwoViews", "ViewPool", "augment_pairs", "byol_loss",
+    "check_boxes", "check_separate", "filter_boxes", "gather_rows", "info_nce_loss", "interleave",
     "mae_loss", "mlp_head", "negative_cosine", "nt_xent_loss", "patchify", "random_masking",
-    "rotate4", "rotation_loss", "simclr_view", "simsiam_loss", "sinkhorn", "swap_views",
-    "swav_loss", "two_view_pipelines",
+    "register_pretext", "rotate4", "rotation_loss", "simclr_view", "simsiam_loss", "sinkhorn",
+    "swap_views", "swav_loss", "two_view_pipelines",
 ]

@@ -19,7 +19,16 @@ from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["Pretext", "PretextBatch"]
+from betaweighter.registry import Registry
+
+__all__ = ["PRETEXTS", "Pretext", "PretextBatch", "register_pretext"]
+
+#: Every pretext task by its ``pretext.name``. The factory builds a `TwoViewPretext` with its
+#: view pipelines, RPN pre-training on a ResNet, and any other class as ``cls(backbone,
+#: **pretext.options)``; ``models=(...)`` limits the ``model.name`` a task accepts.
+PRETEXTS = Registry("pretext", "pretext.name", package="betaweighter.pretext",
+                    decorator="register_pretext")
+register_pretext = PRETEXTS.register
 
 
 @dataclass

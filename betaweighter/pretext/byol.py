@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from betaweighter.errors import LossShapeError
-from betaweighter.pretext.base import PretextBatch
+from betaweighter.pretext.base import PretextBatch, register_pretext
 from betaweighter.pretext.heads import mlp_head
 from betaweighter.pretext.momentum import MomentumTarget
 from betaweighter.pretext.twoview import Encoder, TwoViewPretext, feature_dim
@@ -76,6 +76,7 @@ class _SelfDistillation(TwoViewPretext):
         return Encoder(self.backbone, self.projector)
 
 
+@register_pretext("byol")
 class BYOLPretext(_SelfDistillation):
     """BYOL: projector and predictor MLPs (Linear-BN-ReLU-Linear, `hidden_dim` ->
     `projection_dim`), a target network trailing backbone + projector by EMA with
@@ -114,6 +115,7 @@ class BYOLPretext(_SelfDistillation):
         self.target.update(self.online())
 
 
+@register_pretext("simsiam")
 class SimSiamPretext(_SelfDistillation):
     """SimSiam: a 3-layer projector (BN on every layer, output included) and a bottleneck
     predictor (`projection_dim` -> `predictor_hidden_dim` -> `projection_dim`); the target

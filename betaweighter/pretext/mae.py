@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torchvision.models.vision_transformer import EncoderBlock
 
 from betaweighter.errors import LossShapeError
-from betaweighter.pretext.base import Pretext, PretextBatch
+from betaweighter.pretext.base import Pretext, PretextBatch, register_pretext
 from betaweighter.pretext.vit import attention_kernel, encode, patch_tokens, vision_transformer
 
 __all__ = ["MAEPretext", "mae_loss", "patchify", "random_masking"]
@@ -77,6 +77,7 @@ def mae_loss(out: tuple[Tensor, Tensor, Tensor]) -> Tensor:
     return (per_patch * mask).sum(1) / mask.sum(1)
 
 
+@register_pretext("mae", models=("vit_tiny",))
 class MAEPretext(Pretext):
     """MAE on a `models.vit_tiny` backbone (any `Backbone` whose ``encoder`` is a
     torchvision `VisionTransformer`).

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from betaweighter.errors import LossShapeError
-from betaweighter.pretext.base import PretextBatch
+from betaweighter.pretext.base import PretextBatch, register_pretext
 from betaweighter.pretext.gather import gather_rows
 from betaweighter.pretext.heads import mlp_head
 from betaweighter.pretext.momentum import MomentumTarget
@@ -69,6 +69,7 @@ def info_nce_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2)
     return F.cross_entropy(logits, target, reduction="none")
 
 
+@register_pretext("moco")
 class MoCoPretext(TwoViewPretext):
     """MoCo v2 with a symmetrised loss: online encoder = backbone + MLP head (Linear-ReLU-
     Linear, `hidden_dim` -> `projection_dim`), key encoder = its momentum copy (`momentum`),

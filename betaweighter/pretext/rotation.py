@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from betaweighter.pretext.base import Pretext, PretextBatch
+from betaweighter.pretext.base import Pretext, PretextBatch, register_pretext
 
 __all__ = ["RotationPretext", "rotate4", "rotation_loss"]
 
@@ -41,6 +41,7 @@ def rotation_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits, labels, reduction="none")
 
 
+@register_pretext("rotation")
 class RotationPretext(Pretext):
     """Rotation prediction with `backbone`, whose head must have 4 outputs."""
 

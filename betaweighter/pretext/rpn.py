@@ -43,7 +43,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from betaweighter.checkpoint import save_checkpoint
 from betaweighter.errors import DataError
-from betaweighter.pretext.base import Pretext, PretextBatch
+from betaweighter.pretext.base import Pretext, PretextBatch, register_pretext
 from betaweighter.pretext.boxes import PseudoBoxes
 
 __all__ = ["ANCHOR_SIZES", "ASPECT_RATIOS", "RPNPretext", "check_boxes", "detector_config",
@@ -101,6 +101,7 @@ def _trunk(backbone: nn.Module) -> torchvision.models.ResNet:
     return trunk
 
 
+@register_pretext("rpn")
 class RPNPretext(Pretext):
     """FPN + RPN trained on pseudo boxes, over the ResNet `backbone` (a `Backbone`).
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from betaweighter.errors import LossShapeError
-from betaweighter.pretext.base import PretextBatch
+from betaweighter.pretext.base import PretextBatch, register_pretext
 from betaweighter.pretext.gather import gather_rows
 from betaweighter.pretext.heads import mlp_head
 from betaweighter.pretext.twoview import TwoViewPretext, feature_dim
@@ -79,6 +79,7 @@ def nt_xent_loss(z: Tensor, temperature: float = 0.5, copies: int = 2, *,
     return -log_prob.masked_fill(~positive, 0.0).sum(1) / (copies - 1)
 
 
+@register_pretext("simclr")
 class SimCLRPretext(TwoViewPretext):
     """SimCLR: NT-Xent over two views through a projection head
     (Linear-BN-ReLU-Linear, `hidden_dim` -> `projection_dim`).

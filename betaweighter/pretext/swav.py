@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from betaweighter.errors import LossShapeError
-from betaweighter.pretext.base import PretextBatch
+from betaweighter.pretext.base import PretextBatch, register_pretext
 from betaweighter.pretext.gather import gather_rows
 from betaweighter.pretext.heads import mlp_head
 from betaweighter.pretext.sinkhorn import sinkhorn
@@ -128,6 +128,7 @@ class SwappedPrediction:
         return codes[own]
 
 
+@register_pretext("swav")
 class SwAVPretext(TwoViewPretext):
     """SwAV with two views: a projection head (Linear-BN-ReLU-Linear, `hidden_dim` ->
     `projection_dim`), L2-normalised projections, `prototypes` L2-normalised prototypes

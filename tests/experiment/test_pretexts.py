@@ -13,7 +13,7 @@ from helpers import TINY, one_thread  # noqa: F401 (a fixture)
 from betaweighter.checkpoint import read_checkpoint
 from betaweighter.errors import ConfigError
 from betaweighter.experiment.config import load_config
-from betaweighter.experiment.factory import PRETEXT_BUILDERS
+from betaweighter.experiment.factory import pretext_builder
 from betaweighter.experiment.shipped import config_file, shipped_configs
 from betaweighter.experiment.trainer import Trainer
 from betaweighter.models import load_backbone
@@ -129,5 +129,5 @@ def test_a_shipped_config_per_pretext_for_the_demo_and_stl10(name):
         with config_file(shipped) as path:
             cfg = load_config(path, ["data.root=/data"] if shipped.startswith("stl10") else [])
         assert cfg.pretext.name == name
-        pretext, model_config = PRETEXT_BUILDERS[name](cfg, dict(cfg.pretext.options))
+        pretext, model_config = pretext_builder(name)(cfg, dict(cfg.pretext.options))
         assert model_config["name"] == cfg.model.name
