@@ -109,7 +109,7 @@ def test_rpn_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="detection needs a pretext with a box loss"):
         Trainer.start(_config(tmp_path, "shapes/rotation.yaml", "meta.objective=detection",
                               "pretext.options={}"))
-    with pytest.raises(ConfigError, match="'evaluate.detection.fractions'"):
+    with pytest.raises(ConfigError, match=r"'evaluate.detection.fractions\[0\]'"):
         load_config(overrides=["evaluate.detection.fractions=[1.5]"])
     assert list(tmp_path.iterdir()) == []  # nothing started
 
