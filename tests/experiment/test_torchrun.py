@@ -79,3 +79,23 @@ def test_torchrun_runs_the_custom_loop_example(tmp_path):
     out = _torchrun([str(ROOT / "examples" / "custom_loop.py")], tmp_path)
     lines = [line for line in out.stdout.splitlines() if line.startswith("epoch")]
     assert len(lines) == 2  # printed by rank 0 only
+
+
+@pytest.mark.parametrize("config", [
+    "demo/mae",
+    # SwAV's global Sinkhorn is checked fast by tests/pretext/test_distributed_pretexts.py
+    pytest.param("demo/swav", marks=pytest.mark.slow)])
+def test_torchrun_trains_masked_prediction_and_clustering(config, tmp_path):
+    """MAE (each process masks with its own generator; DDP averages the gradients) and SwAV
+    (Sinkhorn over the global batch) under torchrun, with BDW and pruning: one run, written
+    by rank 0, whose weights the trainer checks are identical on both processes."""
+    name = config.split("/")[1]
+    args = ["-m", "betaweighter", "run", config, "--out", str(tmp_path / "runs")]
+    for item in [o for o in TINY if not o.startswith(("model.", "data."))] + [
+            "train.epochs=1", "train.batch_size=8", "model.blocks=1",
+            f"experiment.name={name}"]:
+        args += ["--set", item]
+    _torchrun(args, tmp_path)
+    summary = json.loads((tmp_path / "runs" / name / "summary.json").read_text())
+    assert summary["pretext"] == name and summary["method"] == "bdw"
+    assert summary["kept_fraction"] < 1.0  # pruning decided on the shared weights
