@@ -35,7 +35,7 @@ def _room(module: str) -> str | None:
         return "base"
     if head in MODELS:
         return "models"
-    if head in ("cli", "__main__"):
+    if head in ("cli", "commands", "__main__"):
         return "cli"
     return head
 
