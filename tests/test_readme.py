@@ -41,3 +41,31 @@ def test_each_yaml_block_loads_through_the_schema(line, text, tmp_path):
         load_suite(path)
     else:
         load_config(path)
+
+
+PYTHON = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def test_python_blocks_parse_and_import_what_exists():
+    """Every Python block in the README and the docs parses, and every name it imports from
+    betaweighter exists (the blocks use the user's own data, so they are not run)."""
+    import ast
+    import importlib
+
+    import betaweighter as bw
+
+    missing = []
+    for page in PAGES:
+        for m in PYTHON.finditer(page.read_text(encoding="utf-8")):
+            if m.group(1).lstrip().startswith("--8<--"):
+                continue  # an example file included whole: tests/test_examples.py runs it
+            for node in ast.walk(ast.parse(m.group(1))):
+                if (isinstance(node, ast.ImportFrom) and node.module
+                        and node.module.startswith("betaweighter")):
+                    module = importlib.import_module(node.module)
+                    missing += [f"{page.name}: {node.module}.{a.name}" for a in node.names
+                                if not hasattr(module, a.name)]
+                elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                      and node.value.id == "bw" and not hasattr(bw, node.attr)):
+                    missing.append(f"{page.name}: bw.{node.attr}")
+    assert not missing, missing
