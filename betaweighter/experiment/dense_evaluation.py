@@ -33,7 +33,7 @@ from betaweighter.evaluate.segmentation import evaluate_segmentation
 from betaweighter.models import Backbone
 from betaweighter.pretext.rpn import ANCHOR_SIZES, ASPECT_RATIOS
 
-__all__ = ["DENSE_TASKS", "check_dense_data"]
+__all__ = ["DENSE_TASKS", "check_dense_data", "detector_init", "require_resnet"]
 
 _SEG = "evaluate.segmentation"
 _INST = "evaluate.instance_segmentation"
@@ -104,10 +104,7 @@ def _segmentation_sets(d: dict[str, Any]) -> tuple[SegmentationDataset, Segmenta
 
 def _instance_segmentation(model: Backbone, o: dict[str, Any], folder: Path,
                            device: torch.device) -> dict[str, Any]:
-    try:
-        resnet_trunk(model)
-    except TypeError as e:
-        raise ConfigError(f"--task instance_segmentation: {e}") from None
+    require_resnet(model, "instance_segmentation")
     d = o["data"]
     check_dense_data("instance_segmentation", d)
     if o["anchor_sizes"] is not None and len(o["anchor_sizes"]) != 5:
@@ -117,7 +114,7 @@ def _instance_segmentation(model: Backbone, o: dict[str, Any], folder: Path,
                       on_bad_box=d["on_bad_box"], hflip=o["hflip"], masks=True)
     test = load_coco(d["test"]["images"], d["test"]["annotations"], classes=train.classes,
                      on_bad_box=d["on_bad_box"], masks=True)
-    init = _detector_init(o)
+    init = detector_init(o, "instance_segmentation")
     o["anchor_sizes"] = o["anchor_sizes"] or (init["anchor_sizes"] if init
                                               else list(ANCHOR_SIZES))
     o["aspect_ratios"] = o["aspect_ratios"] or (init["aspect_ratios"] if init
@@ -134,18 +131,26 @@ def _instance_segmentation(model: Backbone, o: dict[str, Any], folder: Path,
         warmup_images=o["warmup_images"], lr_steps=o["lr_steps"])
 
 
-def _detector_init(o: dict[str, Any]) -> dict[str, Any] | None:
+def detector_init(o: dict[str, Any], task: str) -> dict[str, Any] | None:
     """The checkpoint's ``detector_init`` for ``init: rpn`` (None for ``init: backbone``),
-    as the detection task reads it."""
+    for the detector-based tasks (`task`: detection, instance_segmentation)."""
     if o["init"] != "rpn":
         return None
     path = o["checkpoint"]
     init = read_checkpoint(path).get("detector_init")
     if not isinstance(init, dict) or "state" not in init:
         raise CheckpointError(f"checkpoint {path} holds no detector initialisation (it was not "
-                              f"written by RPN pre-training, pretext.name: rpn): use {_INST}."
-                              "init: backbone, or an RPN run's checkpoint")
+                              f"written by RPN pre-training, pretext.name: rpn): use "
+                              f"evaluate.{task}.init: backbone, or an RPN run's checkpoint")
     return init
+
+
+def require_resnet(model: Backbone, task: str) -> None:
+    """Refuse, in one line, a backbone a detector cannot be built on (not a ResNet)."""
+    try:
+        resnet_trunk(model)
+    except TypeError as e:
+        raise ConfigError(f"--task {task}: {e}") from None
 
 
 DENSE_TASKS = {"segmentation": _segmentation, "instance_segmentation": _instance_segmentation}

@@ -23,7 +23,7 @@ import sklearn
 import torch
 import torchvision
 
-from betaweighter.checkpoint import read_checkpoint, resolve_checkpoint
+from betaweighter.checkpoint import resolve_checkpoint
 from betaweighter.data.detection import DetectionDataset, concat_detection, load_coco, load_voc
 from betaweighter.data.labelled import (
     labelled_folder_splits,
@@ -32,8 +32,8 @@ from betaweighter.data.labelled import (
     transfer_splits,
 )
 from betaweighter.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from betaweighter.errors import CheckpointError, ConfigError
-from betaweighter.evaluate.detection import evaluate_detection, resnet_trunk
+from betaweighter.errors import ConfigError
+from betaweighter.evaluate.detection import evaluate_detection
 from betaweighter.evaluate.detection_protocols import (
     evaluate_few_shot_detection,
     evaluate_label_scarce,
@@ -45,7 +45,12 @@ from betaweighter.evaluate.finetune import evaluate_finetune
 from betaweighter.evaluate.fusion import FUSION_MODES, FusedBackbone
 from betaweighter.evaluate.linear import linear_probe
 from betaweighter.experiment.config import Config, load_config
-from betaweighter.experiment.dense_evaluation import DENSE_TASKS, check_dense_data
+from betaweighter.experiment.dense_evaluation import (
+    DENSE_TASKS,
+    check_dense_data,
+    detector_init,
+    require_resnet,
+)
 from betaweighter.experiment.invariance import run_invariance
 from betaweighter.experiment.outputs import output_folder
 from betaweighter.io import write_json
@@ -289,10 +294,7 @@ def _finetune(model: Backbone, o: dict[str, Any], folder: Path,
 
 def _detection(model: Backbone, o: dict[str, Any], folder: Path,
                device: torch.device) -> dict[str, Any]:
-    try:
-        resnet_trunk(model)
-    except TypeError as e:
-        raise ConfigError(f"--task detection: {e}") from None
+    require_resnet(model, "detection")
     d = o["data"]
     train_sources = d["train"] if isinstance(d["train"], list) else [d["train"]]
     test_sources = d["test"] if isinstance(d["test"], list) else [d["test"]]
@@ -301,7 +303,7 @@ def _detection(model: Backbone, o: dict[str, Any], folder: Path,
                                                      o["hflip"]) for s in train_sources[1:]])
     test = concat_detection([_load_source(s, train.classes, d["on_bad_box"], False)
                              for s in test_sources])
-    init = _detector_init(o)
+    init = detector_init(o, "detection")
     sizes = o["anchor_sizes"] or (init["anchor_sizes"] if init else list(ANCHOR_SIZES))
     ratios = o["aspect_ratios"] or (init["aspect_ratios"] if init else list(ASPECT_RATIOS))
     o["anchor_sizes"], o["aspect_ratios"] = sizes, ratios
@@ -325,19 +327,6 @@ def _detection(model: Backbone, o: dict[str, Any], folder: Path,
             **common)
     return evaluate_detection(model, train, test, images=o["images"], seed=o["seed"],
                               **common)
-
-
-def _detector_init(o: dict[str, Any]) -> dict[str, Any] | None:
-    """The checkpoint's ``detector_init`` for ``init: rpn`` (None for ``init: backbone``)."""
-    if o["init"] != "rpn":
-        return None
-    path = o["checkpoint"]
-    init = read_checkpoint(path).get("detector_init")
-    if not isinstance(init, dict) or "state" not in init:
-        raise CheckpointError(f"checkpoint {path} holds no detector initialisation (it was not "
-                              "written by RPN pre-training, pretext.name: rpn): use "
-                              "evaluate.detection.init: backbone, or an RPN run's checkpoint")
-    return init
 
 
 def _check_source(source: Any, key: str) -> None:
