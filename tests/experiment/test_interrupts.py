@@ -220,7 +220,9 @@ def test_under_torchrun_a_mistake_is_one_line_from_rank_zero_and_every_rank_exit
     assert len(lines) == 1, out.stderr[-3000:]  # once, from rank 0
     assert lines[0].startswith("betaweighter: error: config key 'train.epochs': 0 ")
     assert out.returncode == 1  # torchrun's own status when a worker fails
-    assert out.stderr.count("exitcode  : 2 ") == 2, out.stderr[-3000:]  # each rank: 2
-    assert "SIGTERM" not in out.stderr
+    # Each rank ends with its own status 2. torchrun may still send SIGTERM to a rank that
+    # has not left yet when it sees rank 0 go (a race it prints); that rank ignores it once
+    # it knows how it ends, so a status other than 2 (-15, -9) would mean it was killed.
+    assert out.stderr.count("exitcode  : 2 ") == 2, out.stderr[-3000:]
     assert not (tmp_path / "runs").exists()
 
