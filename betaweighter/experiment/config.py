@@ -1,4 +1,4 @@
-"""The one config schema: YAML parsed into typed dataclasses, strictly.
+"""Reading a config: YAML parsed into the typed sections of `sections`, strictly.
 
 An unknown key, a duplicate key, a wrong type, a non-finite number or an out-of-range value
 fails before any work starts, with the dotted key path, the offending value and what is
@@ -18,228 +18,31 @@ import importlib
 import re
 import typing
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
 from betaweighter.data.options import check_options
 from betaweighter.errors import ConfigError, quote
-from betaweighter.experiment.loggers import LOGGERS
 from betaweighter.experiment.schema import build, join, read_yaml
-from betaweighter.experiment.shipped import config_file
-from betaweighter.experiment.tasks import (
-    PATH,
-    SEED,
-    DetectionTask,
-    FewshotTask,
-    FinetuneTask,
-    InstanceSegmentationTask,
-    InvarianceTask,
-    LinearTask,
-    SegmentationTask,
-    span,
+from betaweighter.experiment.sections import (
+    Config,
+    DataSection,
+    EvaluateSection,
+    ExperimentSection,
+    MetaSection,
+    ModelSection,
+    PretextSection,
+    PruningSection,
+    TrainSection,
+    WeightsSection,
 )
-from betaweighter.pretext.augment import AUGMENTATIONS, PRESETS
-from betaweighter.pretext.base import PRETEXTS
-from betaweighter.weights.base import WEIGHTINGS
+from betaweighter.experiment.shipped import config_file
 
-__all__ = ["Config", "ConfigError", "dump_config", "load_config", "parse_override"]
-
-AUGMENT_PRESETS = tuple(PRESETS)
-
-
-_range = span
-
-
-@dataclass
-class ExperimentSection:
-    name: str = "experiment"
-    seed: int = field(default=0, metadata=SEED)
-    output_root: str = "runs"  # relative to the working directory
-    # Python modules imported before the config is checked: a package of your own whose
-    # @register_weighting components this config names (they must be importable).
-    imports: list[str] = field(default_factory=list)
-
-
-@dataclass
-class DataSection:
-    # demo: the embedded set (no files); mixture: drawn shapes with four kinds of
-    # distractors (no files); stl10: STL-10 binaries under `root`; decathlon:
-    # Visual Decathlon under `root` with `target` as the labelled domain; folders: your own
-    # ImageFolder trees (`pool_root`, `target_root`); shapes: generated detection scenes
-    # (betaweighter.data.shapes, no files).
-    name: Literal["demo", "mixture", "stl10", "decathlon", "folders", "shapes"] = "demo"
-    root: str | None = field(default=None, metadata=PATH)
-    target: str | None = None
-    pool_root: str | None = field(default=None, metadata=PATH)
-    target_root: str | None = field(default=None, metadata=PATH)
-    download: bool = False
-    workers: int = field(default=0, metadata=_range(0))
-    # Keyword arguments of the dataset builder (betaweighter.data.stl10, .decathlon,
-    # .image_folders, .demo), checked against its signature.
-    options: dict = field(default_factory=dict)
-
-
-@dataclass
-class ModelSection:
-    name: Literal["convnet", "resnet18", "resnet50", "vit_tiny"] = "convnet"
-    width: int = field(default=64, metadata=_range(1))  # convnet: channels per block
-    blocks: int = field(default=4, metadata=_range(1))  # convnet: conv; vit_tiny: transformer
-    # vit_tiny: the side of its square patches, and of the images it takes (null: the
-    # data's); its position embeddings fix the input size.
-    patch_size: int = field(default=4, metadata=_range(1))
-    image_size: int | None = field(default=None, metadata=_range(1))
-
-
-@dataclass
-class PretextSection:
-    # A registered pretext (betaweighter.pretext.PRETEXTS): rotation, rpn, simclr, moco, byol,
-    # simsiam, swav, mae, or one registered by experiment.imports.
-    name: str = field(default="rotation", metadata={"registry": PRETEXTS})
-    # Augmentation of each pool image before the pretext task (betaweighter.pretext.augment):
-    # default (nothing added), spatial (crop + flip), appearance (colour + grayscale + blur),
-    # all, or a list of parts from crop, flip, colour, grayscale, blur.
-    augment: (Literal[AUGMENT_PRESETS]  # type: ignore[valid-type]
-              | list[Literal[AUGMENTATIONS]]) = "default"  # type: ignore[valid-type]
-    # Keyword arguments of the pretext task's class (checked against its signature).
-    options: dict = field(default_factory=dict)
-    # A checkpoint (or run directory) whose backbone the task starts from (loaded
-    # strictly: its architecture must be `model`'s), e.g. a rotation-pretrained ResNet for
-    # pretext rpn; null: a randomly initialised model.
-    init: str | None = field(default=None, metadata=PATH)
-    # The key layout of `init`: auto (detected), or a published format such as moco or swav
-    # (see `betaweighter evaluate --help`); a published file gives the encoder, not the head.
-    init_format: str = "auto"
-
-
-@dataclass
-class WeightsSection:
-    # A registered weighting method (betaweighter.weights.WEIGHTINGS): cluster, bdw, dw,
-    # l2rw, nn, weightnet, heuristic, random, rotnet, or one registered by experiment.imports.
-    method: str = field(default="bdw", metadata={"registry": WEIGHTINGS})
-    # Keyword arguments of the method's class (checked against its signature).
-    options: dict = field(default_factory=dict)
-
-
-@dataclass
-class MetaSection:
-    # The rotation model's head has 4 outputs, so a classification meta objective needs a
-    # head of its own: use bw.ClassificationLoss(head=...) from Python for that.
-    # detection: the RPN loss on `detection_batch` labelled target images (pretext rpn on
-    # data with a detection target, e.g. shapes).
-    objective: Literal["prototypical", "detection"] = "prototypical"
-    detection_batch: int = field(default=4, metadata=_range(1))
-    way: int = field(default=10, metadata=_range(2))
-    shot: int = field(default=10, metadata=_range(1))
-    query: int = field(default=10, metadata=_range(1))
-    # one_sided: one extra no-grad forward against the training losses (the cheapest)
-    meta_gradient: Literal["auto", "forward", "finite_difference", "one_sided",
-                           "double_backward", "higher"] = "auto"
-    every: int = field(default=1, metadata=_range(1))
-    # fresh: each weight update uses its own episode's direction (the paper); running: a
-    # moving average of the episodes' directions updates the weights of every batch
-    direction: Literal["fresh", "running"] = "fresh"
-    direction_decay: float = field(default=0.9, metadata=_range(0, 1, hi_open=True))
-    inner_steps: int = field(default=1, metadata=_range(1))
-    # divide the weighted loss by the sum of the weights: weights then change which data
-    # teaches, not how fast the model learns, and their meta-gradients compete
-    normalise: bool = False
-    # the shuffled control: meta-gradients permuted across each batch's instances
-    shuffle_meta_gradients: bool = False
-    # The weight optimiser (betaweighter.WeightOptimizer): scale-free by default
-    # (weight_normalise), so weight_lr is the movement per meta update of a typical signal.
-    weight_optimizer: Literal["sgd", "adam"] = "sgd"
-    weight_lr: float = field(default=0.1, metadata=_range(0, lo_open=True))
-    weight_momentum: float = field(default=0.0, metadata=_range(0, 1, hi_open=True))
-    weight_normalise: bool = True
-    weight_rms_decay: float = field(default=0.99, metadata=_range(0, 1, hi_open=True))
-    dense_weight_updates: bool = False
-
-
-@dataclass
-class PruningSection:
-    enabled: bool = False
-    # budget: keep the fraction `keep`, chosen by the weights at the end of `score_epochs`
-    rule: Literal["cdf", "threshold", "quantile", "budget", "random", "lowest"] = "cdf"
-    epsilon: float = field(default=0.1, metadata=_range(0, 1))
-    delta: float = field(default=0.5, metadata=_range(0, 1, hi_open=True))
-    quantile: float = field(default=0.1, metadata=_range(0, 1, hi_open=True))
-    keep: float = field(default=0.5, metadata=_range(0, 1, lo_open=True))
-    # after this many epochs, stop learning the weights and train plainly on what is kept
-    # (the budget rule decides then); null: learn them throughout
-    score_epochs: int | None = field(default=None, metadata=_range(1))
-    # rule=random (lowest) prunes as many as this rule would, chosen at random (the
-    # lowest-weight first): the controls; a list of per-epoch counts (e.g. copied from
-    # another run's metrics.csv) matches that run.
-    control: Literal["cdf", "threshold", "quantile", "budget"] | list[int] = field(
-        default="cdf", metadata=_range(0))
-    warmup: int = field(default=0, metadata=_range(0))
-    every: int = field(default=1, metadata=_range(1))
-    max_fraction: float = field(default=1.0, metadata=_range(0, 1))
-    soft: bool = False
-    skip_prob: float = field(default=0.5, metadata=_range(0, 1, hi_open=True))
-    anneal_epochs: int | None = field(default=None, metadata=_range(0))
-
-
-@dataclass
-class TrainSection:
-    epochs: int = field(default=35, metadata=_range(1))
-    # Sinks besides metrics.csv (always written): tensorboard (<run>/tensorboard), wandb.
-    loggers: list[Literal[LOGGERS]] = field(  # type: ignore[valid-type]
-        default_factory=lambda: ["csv"])
-    batch_size: int = field(default=32, metadata=_range(1))
-    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
-    lr: float = field(default=0.1, metadata=_range(0, lo_open=True))
-    momentum: float = field(default=0.9, metadata=_range(0, 1))
-    weight_decay: float = field(default=1e-4, metadata=_range(0))
-    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
-    milestones: list[int] = field(default_factory=lambda: [15, 25], metadata=_range(1))
-    gamma: float = field(default=0.1, metadata=_range(0, 1, lo_open=True))
-    max_steps_per_epoch: int | None = field(default=None, metadata=_range(1))
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over all processes
-
-
-@dataclass
-class EvaluateSection:
-    # The per-epoch model selection of a run: a linear probe on target_train -> target_val.
-    every: int = field(default=1, metadata=_range(1))
-    batch_size: int = field(default=256, metadata=_range(1))
-    max_iter: int = field(default=1000, metadata=_range(1))
-    c_grid: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0],
-                                metadata=_range(0, lo_open=True, min_items=1))
-    # C values of the final test probe; null = the 45-value grid of arXiv:2011.13377
-    final_c_grid: list[float] | None = field(default=None,
-                                             metadata=_range(0, lo_open=True, min_items=1))
-    # Transfer tasks for `betaweighter evaluate RUN --task NAME`.
-    linear: LinearTask = field(default_factory=LinearTask)
-    fewshot: FewshotTask = field(default_factory=FewshotTask)
-    finetune: FinetuneTask = field(default_factory=FinetuneTask)
-    detection: DetectionTask = field(default_factory=DetectionTask)
-    invariance: InvarianceTask = field(default_factory=InvarianceTask)
-    segmentation: SegmentationTask = field(default_factory=SegmentationTask)
-    instance_segmentation: InstanceSegmentationTask = field(
-        default_factory=InstanceSegmentationTask)
-
-
-@dataclass
-class Config:
-    experiment: ExperimentSection = field(default_factory=ExperimentSection)
-    data: DataSection = field(default_factory=DataSection)
-    model: ModelSection = field(default_factory=ModelSection)
-    pretext: PretextSection = field(default_factory=PretextSection)
-    weights: WeightsSection = field(default_factory=WeightsSection)
-    meta: MetaSection = field(default_factory=MetaSection)
-    pruning: PruningSection = field(default_factory=PruningSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
+__all__ = ["Config", "ConfigError", "DataSection", "EvaluateSection", "ExperimentSection",
+           "MetaSection", "ModelSection", "PretextSection", "PruningSection", "TrainSection",
+           "WeightsSection", "dump_config", "load_config", "parse_override"]
 
 @functools.cache
 def path_keys(cls: type = Config, prefix: str = "") -> tuple[str, ...]:

@@ -1,6 +1,6 @@
 """mkdocs hook: fill docs/reference/config.md from the config schema's dataclasses.
 
-Each section of `betaweighter.experiment.config.Config` becomes a table of its keys: the
+Each section of `betaweighter.experiment.sections.Config` becomes a table of its keys: the
 type, the default, the checked range or the registered names, and the comment written
 above the field in the source (the only place a key is described).
 """
@@ -83,7 +83,7 @@ def _section(cls: type, prefix: str, rows: list[str], subsections: list[tuple]) 
 
 
 def reference() -> str:
-    from betaweighter.experiment.config import Config
+    from betaweighter.experiment.sections import Config
 
     out, queue = [], [(t, f.name) for f in dataclasses.fields(Config)
                       for t in [typing.get_type_hints(Config)[f.name]]]
