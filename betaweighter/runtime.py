@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
@@ -139,7 +139,7 @@ def finish_distributed(exit_code: int = 0) -> None:
         os._exit(exit_code)
 
 
-def broadcast_object(obj: object) -> object:
+def broadcast_object(obj: T) -> T:
     """Rank 0's `obj` on every rank (identity outside a distributed run)."""
     if world()[0] == 1:
         return obj
@@ -194,4 +194,4 @@ def on_main(fn: Callable[[], T]) -> T:
         raise failure
     if message is not None:
         raise BetaweighterError(f"rank 0 stopped: {message}")
-    return result
+    return cast(T, result)  # rank 0's fn() returned it

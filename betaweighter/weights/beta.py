@@ -122,7 +122,9 @@ class BetaWeights(LearnedWeights):
         if self.kl_weight == 0.0 or self.prior is None:
             return torch.zeros((), device=self.device, dtype=self.log_alpha.dtype)
         q = self.distribution(indices)
-        p = Beta(*(torch.full_like(q.concentration1, c) for c in self.prior))
+        alpha_0, beta_0 = self.prior
+        p = Beta(torch.full_like(q.concentration1, alpha_0),
+                 torch.full_like(q.concentration1, beta_0))
         return self.kl_weight * kl_divergence(q, p).mean()
 
     @torch.no_grad()

@@ -94,6 +94,10 @@ class ClusterWeights(LearnedWeights):
 
     row_parameters = ("offset",)
 
+    assignment: Tensor
+    epochs: Tensor
+    fitted: Tensor
+
     def __init__(
         self,
         num_instances: int,

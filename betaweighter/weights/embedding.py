@@ -49,6 +49,7 @@ def embed(data: Any, model: nn.Module | None, space: str, chunk_size: int, name:
                       disable=progress_disabled(), leave=False):
             x = x.to(device)
             if space == "feature":
+                assert model is not None  # checked above: space='feature' needs the model
                 features = getattr(model, "features", None)
                 x = features(x) if callable(features) else model(x)
             yield x.flatten(1)

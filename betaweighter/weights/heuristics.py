@@ -27,6 +27,8 @@ has weight 0.5. `weights` updates the batch's scores first and returns the same 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor
 
@@ -50,6 +52,9 @@ class LossHeuristicWeights(WeightRule):
     """
 
 
+    average: Tensor
+    visits: Tensor
+
     def __init__(self, num_instances: int, rule: str = "hard", temperature: float = 1.0,
                  smoothing: float = 0.9) -> None:
         super().__init__(num_instances)
@@ -69,7 +74,7 @@ class LossHeuristicWeights(WeightRule):
     def weights(self, indices: Tensor, losses: Tensor | None = None, *, step: int = 0,
                 meta_grad: Tensor | None = None) -> Tensor:
         """Update the batch's scores from `losses` (when given) and return their weights."""
-        rows = self._rows(indices)
+        rows = cast(Tensor, self._rows(indices))  # a Tensor, as `indices` is one
         if losses is not None:
             losses = torch.as_tensor(losses).detach().reshape(-1).to(self.average)
             if losses.numel() != rows.numel():

@@ -27,6 +27,8 @@ L2RW needs a meta step on every call (``MetaWeighter(every=1)``) and the plain-m
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor
 
@@ -49,6 +51,9 @@ class L2RW(WeightRule):
 
     needs_meta_gradient = True
 
+    average: Tensor
+    visits: Tensor
+
     def __init__(self, num_instances: int, smoothing: float = 0.9) -> None:
         super().__init__(num_instances)
         if not 0.0 <= smoothing < 1.0:
@@ -62,7 +67,7 @@ class L2RW(WeightRule):
                 meta_grad: Tensor | None = None) -> Tensor:
         """max(-g, 0) scaled to sum to the batch size (all ones when no instance has a
         negative meta-gradient), from `meta_grad` = dM/dw at w = 0; recorded for `mean`."""
-        rows = self._rows(indices)
+        rows = cast(Tensor, self._rows(indices))  # a Tensor, as `indices` is one
         if meta_grad is None:
             raise ValueError("L2RW needs the batch's meta-gradient at w = 0 (meta_grad=...); "
                              "use it through MetaWeighter, which computes it")

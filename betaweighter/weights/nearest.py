@@ -56,6 +56,10 @@ class NearestNeighbourWeights(WeightRule):
     """
 
 
+    distance: Tensor
+    k: Tensor
+    epochs: Tensor
+
     def __init__(
         self,
         num_instances: int,
@@ -162,11 +166,11 @@ class NearestNeighbourWeights(WeightRule):
 
             index = NearestNeighbors(n_neighbors=1).fit(targets.double().cpu().numpy())
 
-            def search(queries: Tensor) -> Tensor:
+            def search_sklearn(queries: Tensor) -> Tensor:
                 found = index.kneighbors(queries.double().cpu().numpy(), return_distance=False)
                 return torch.as_tensor(found[:, 0], device=targets.device)
 
-            return search
+            return search_sklearn
 
         def search(queries: Tensor) -> Tensor:
             best = torch.full((len(queries),), math.inf, device=queries.device)

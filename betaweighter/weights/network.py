@@ -23,6 +23,8 @@ zero when none is recorded), so every instance has a finite weight. `std` is zer
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -53,6 +55,9 @@ class WeightNet(LearnedWeights):
     loss.
     """
 
+    features: Tensor | None
+    last_loss: Tensor
+
     def __init__(
         self,
         num_instances: int,
@@ -76,8 +81,9 @@ class WeightNet(LearnedWeights):
         self.net = nn.Sequential(nn.Linear(n_in, int(hidden)), nn.ReLU(),
                                  nn.Linear(int(hidden), 1))
         # Every instance starts at weight 0.5, BDW's starting mean, with no random tilt.
-        nn.init.zeros_(self.net[2].weight)
-        nn.init.zeros_(self.net[2].bias)
+        out = cast(nn.Linear, self.net[2])
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
         self.max_abs = float(max_abs)
         self.register_buffer("features", features, persistent=False)
         self.register_buffer("last_loss", torch.full((num_instances,), float("nan")))
@@ -86,7 +92,7 @@ class WeightNet(LearnedWeights):
     def weight_of(self, losses: Tensor, features: Tensor | None = None) -> Tensor:
         """The network's weight for instances with these losses (and features, when the
         network was built with them), seen before or not. Differentiable."""
-        param = self.net[0].weight
+        param = cast(nn.Linear, self.net[0]).weight
         x = torch.as_tensor(losses).to(device=param.device, dtype=param.dtype).reshape(-1, 1)
         if self.features is not None:
             if features is None:
@@ -98,7 +104,7 @@ class WeightNet(LearnedWeights):
     def sample(self, indices: Tensor, losses: Tensor | None = None) -> Tensor:
         """Weights for the batch from its current losses; without `losses`, from each
         instance's last observed loss."""
-        rows = self._rows(indices)
+        rows = cast(Tensor, self._rows(indices))  # a Tensor, as `indices` is one
         inputs = self._recorded(rows) if losses is None else self._checked(losses, rows)
         return self.weight_of(inputs, self._features(rows))
 
@@ -106,7 +112,7 @@ class WeightNet(LearnedWeights):
     def observe(self, indices: Tensor, losses: Tensor) -> None:
         """Record the batch's losses: `mean` reports the network's weight of each
         instance's most recent loss."""
-        rows = self._rows(indices)
+        rows = cast(Tensor, self._rows(indices))  # a Tensor, as `indices` is one
         self.last_loss[rows] = self._checked(losses, rows).to(self.last_loss)
 
     @torch.no_grad()

@@ -16,6 +16,7 @@ step on the fixed weight, and P(U <= value) with ``resample``.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -36,6 +37,8 @@ class RandomWeights(WeightRule):
     """
 
 
+    fixed: Tensor
+
     def __init__(self, num_instances: int, resample: bool = False, seed: int = 0) -> None:
         super().__init__(num_instances)
         self.resample = bool(resample)
@@ -47,7 +50,7 @@ class RandomWeights(WeightRule):
                 meta_grad: Tensor | None = None) -> Tensor:
         """The fixed weights, or with ``resample`` fresh ones drawn from (seed, step): a
         pure function of its arguments, so a resumed run draws the same."""
-        rows = self._rows(indices)
+        rows = cast(Tensor, self._rows(indices))  # a Tensor, as `indices` is one
         if not self.resample:
             return self.fixed[rows].clone()
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step) + 1)

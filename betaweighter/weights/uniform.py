@@ -15,6 +15,8 @@ __all__ = ["UniformWeights"]
 class UniformWeights(WeightRule):
     """Weight 1 for every instance at every step."""
 
+    _ones: Tensor
+
     def __init__(self, num_instances: int) -> None:
         super().__init__(num_instances)
         # A buffer only so that the weights follow `.to(device)` and have a state_dict.
