@@ -24,16 +24,27 @@ from betaweighter.published import (
     infer_resnet,
     read_weights_file,
 )
+from betaweighter.registry import Registry
 from betaweighter.runtime import resolve_device
 
-__all__ = ["ARCHITECTURES", "RESNETS", "Backbone", "ViTBackbone", "build_model", "conv_net",
-           "load_backbone", "resnet", "vit_tiny"]
+__all__ = ["ARCHITECTURES", "MODELS", "RESNETS", "Backbone", "ViTBackbone", "build_model",
+           "conv_net", "load_backbone", "register_model", "resnet", "resnet18", "resnet50",
+           "vit_tiny"]
 
-ARCHITECTURES = ("convnet", "resnet18", "resnet50", "vit_tiny")
+#: The networks ``model.name`` chooses from; each entry's meta ``fields`` lists the
+#: `ModelSection` keys its builder takes (``builder(num_classes, **fields)``).
+MODELS = Registry("model", "model.name", decorator="register_model")
 # every torchvision ResNet a published checkpoint can be loaded into
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
            "wide_resnet101_2")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+
+
+def register_model(name: str, *, fields: tuple[str, ...] = ()):  # noqa: ANN201
+    """Register a `Backbone` builder as ``model.name: <name>``: it is called as
+    ``builder(num_classes, **{key: model.<key> for key in fields})`` (None values left out,
+    so the builder's defaults apply), and `load_backbone` rebuilds it the same way."""
+    return MODELS.register(name, fields=tuple(fields))
 
 
 class Backbone(nn.Module):
@@ -70,6 +81,7 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
+@register_model("convnet", fields=("width", "blocks"))
 def conv_net(num_classes: int = 4, in_channels: int = 3, width: int = 64,
              blocks: int = 4) -> Backbone:
     """The small 4-block conv net of few-shot learning (Vinyals et al., NeurIPS 2016):
@@ -93,6 +105,18 @@ def resnet(arch: str = "resnet18", num_classes: int = 4) -> Backbone:
     return Backbone(net, dim, num_classes)
 
 
+@register_model("resnet18")
+def resnet18(num_classes: int = 4) -> Backbone:
+    """A randomly initialised ResNet-18 (`resnet`)."""
+    return resnet("resnet18", num_classes)
+
+
+@register_model("resnet50")
+def resnet50(num_classes: int = 4) -> Backbone:
+    """A randomly initialised ResNet-50 (`resnet`)."""
+    return resnet("resnet50", num_classes)
+
+
 class ViTBackbone(Backbone):
     """A torchvision `VisionTransformer` as a `Backbone`: ``features(x)`` is the mean of
     the patch tokens after the encoder's final LayerNorm (the class token left out).
@@ -106,6 +130,7 @@ class ViTBackbone(Backbone):
         return encode(self.encoder, patch_tokens(self.encoder, x))[:, 1:].mean(1)
 
 
+@register_model("vit_tiny", fields=("image_size", "patch_size", "blocks"))
 def vit_tiny(num_classes: int = 4, image_size: int = 32, patch_size: int = 4,
              blocks: int = 4) -> Backbone:
     """A small Vision Transformer (Dosovitskiy et al., ICLR 2021) from torchvision's
@@ -126,17 +151,25 @@ def vit_tiny(num_classes: int = 4, image_size: int = 32, patch_size: int = 4,
     return ViTBackbone(net, net.hidden_dim, num_classes)
 
 
+#: the built-in names of `MODELS` (a snapshot; the registry also holds models of one's own)
+ARCHITECTURES = MODELS.names()
+
+
 def build_model(name: str, num_classes: int = 4, **kwargs: Any) -> Backbone:
-    """Build a backbone by name: one of ARCHITECTURES (or, to load weights, RESNETS)."""
-    if name == "convnet":
-        return conv_net(num_classes, **kwargs)
-    if name == "vit_tiny":
-        return vit_tiny(num_classes, **kwargs)
+    """Build a backbone by name: a registered model (`MODELS`), with its `fields` as
+    keyword arguments, or, to load weights into, any torchvision ResNet of RESNETS."""
+    if name in MODELS:
+        entry = MODELS.get(name)
+        extra = sorted(set(kwargs) - set(entry.meta.get("fields", ())))
+        if extra:
+            raise ValueError(f"model {name} takes no options {extra} (it takes "
+                             f"{list(entry.meta.get('fields', ())) or 'none'})")
+        return entry.obj(num_classes, **kwargs)
     if name in RESNETS:
         if kwargs:
             raise ValueError(f"{name} takes no options, got {sorted(kwargs)}")
         return resnet(name, num_classes)
-    raise ValueError(f"unknown model {name!r}; choose one of {ARCHITECTURES}")
+    raise ValueError(f"unknown model {name!r}; choose one of {MODELS.names()}")
 
 
 def load_backbone(path_or_run_dir: str | Path, device: str | torch.device | None = None,

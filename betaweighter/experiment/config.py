@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from betaweighter.data.options import check_options
+from betaweighter.data.sources import DATA_SOURCES
 from betaweighter.errors import ConfigError, quote
 from betaweighter.experiment.schema import build, join, read_yaml
 from betaweighter.experiment.sections import (
@@ -183,15 +184,9 @@ def _check_consistency(cfg: Config) -> None:
                           f"level (5 values), got {quote(det.anchor_sizes)}")
     d = cfg.data
     _check_data_options(d)
-    if d.name == "decathlon" and not d.target:
-        raise ConfigError("config key 'data.target': the Visual Decathlon target domain is "
-                          "required (e.g. --set data.target=dtd)")
-    if d.name in ("stl10", "decathlon") and not d.root:
-        raise ConfigError(f"config key 'data.root': {d.name} needs the dataset's root folder "
-                          "(e.g. --set data.root=/path/to/data)")
-    if d.name == "folders" and not (d.pool_root and d.target_root):
-        raise ConfigError("config keys 'data.pool_root' and 'data.target_root' are required "
-                          "for data.name=folders")
+    for key, hint in DATA_SOURCES.get(d.name).meta.get("required", {}).items():
+        if not getattr(d, key):
+            raise ConfigError(f"config key 'data.{key}': data {d.name} needs {hint}")
     if sorted(cfg.train.milestones) != cfg.train.milestones:
         raise ConfigError(f"config key 'train.milestones': must be increasing, got "
                           f"{quote(cfg.train.milestones)}")
@@ -203,9 +198,7 @@ def _check_consistency(cfg: Config) -> None:
 def _check_data_options(d: DataSection) -> None:
     """``data.options`` against the ranges its dataset builder declares (`ranged`), so a
     value out of range stops here rather than after a directory is made or an epoch run."""
-    from betaweighter import data as bwdata
-
-    builder = getattr(bwdata, "image_folders" if d.name == "folders" else d.name)
+    builder = DATA_SOURCES.get(d.name).obj
     check_options(builder, d.options, "data.options")
 
 

@@ -205,8 +205,7 @@ def _separation(row: Mapping[str, Any]) -> str | None:
 
 
 def _start_cdf(weights: InstanceWeights, epsilon: float) -> float:
-    init = getattr(weights, "init_cdf", None)
-    return float(init(epsilon)) if callable(init) else min(max(epsilon, 0.0), 1.0)
+    return float(weights.init_cdf(epsilon))
 
 
 def _start_mean(weights: InstanceWeights) -> float:

@@ -15,11 +15,13 @@ from torch import nn
 
 import betaweighter as bw
 from betaweighter import data as bwdata
+from betaweighter.data.sources import DATA_SOURCES
 from betaweighter.errors import BetaweighterError, CheckpointError, ConfigError
 from betaweighter.experiment.config import Config
 from betaweighter.meta.distributed import unwrap as dist_unwrap
+from betaweighter.meta.objectives import OBJECTIVES
 from betaweighter.meta.weighter import MetaWeighter
-from betaweighter.models import Backbone, build_model, load_backbone
+from betaweighter.models import MODELS, Backbone, build_model, load_backbone
 from betaweighter.pretext.augment import Augment
 from betaweighter.pretext.base import PRETEXTS, Pretext
 from betaweighter.pretext.rpn import RPNPretext, resnet_model_config
@@ -61,22 +63,16 @@ def build_data(cfg: Config, seed: int, splits: Any = None) -> bwdata.DataBundle:
 
 
 def _build_data(cfg: Config, seed: int, splits: Any) -> bwdata.DataBundle:
+    """Call the registered builder of ``data.name`` with its `DataSection` fields, the
+    run's seed, a resumed run's `splits` (if the builder takes them) and ``data.options``."""
     d = cfg.data
-    opts = dict(d.options)
-    if d.name in ("demo", "mixture", "shapes"):  # determined by the seed: no split file
-        builder = getattr(bwdata, d.name)
-        return builder(**checked_kwargs(builder, opts, "data.options", ("seed",)), seed=seed)
-    if splits is not None:  # a resumed run reads back the exact splits it was started with
-        opts["splits"] = splits
-    if d.name == "stl10":
-        kw = checked_kwargs(bwdata.stl10, opts, "data.options", ("root", "download", "seed"))
-        return bwdata.stl10(d.root, download=d.download, seed=seed, **kw)
-    if d.name == "decathlon":
-        kw = checked_kwargs(bwdata.decathlon, opts, "data.options", ("root", "target", "seed"))
-        return bwdata.decathlon(d.root, d.target, seed=seed, **kw)
-    kw = checked_kwargs(bwdata.image_folders, opts, "data.options",
-                        ("pool_root", "target_root", "seed"))
-    return bwdata.image_folders(d.pool_root, d.target_root, seed=seed, **kw)
+    entry = DATA_SOURCES.get(d.name)
+    fields = entry.meta.get("fields", ())
+    builder = entry.obj
+    kw = checked_kwargs(builder, dict(d.options), "data.options", (*fields, "seed"))
+    if splits is not None and "splits" in inspect.signature(builder).parameters:
+        kw["splits"] = splits  # a resumed run reads back the exact splits it started with
+    return builder(**{f: getattr(d, f) for f in fields}, **kw, seed=seed)
 
 
 def _backbone(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
@@ -84,11 +80,9 @@ def _backbone(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
     checkpoint ``pretext.init`` when one is given: loaded strictly, so a checkpoint of
     another architecture or width is refused rather than silently ignored."""
     model_config: dict[str, Any] = {"name": cfg.model.name, "num_classes": 4}
-    if cfg.model.name == "convnet":
-        model_config.update(width=cfg.model.width, blocks=cfg.model.blocks)
-    if cfg.model.name == "vit_tiny":  # `build` sets image_size from the data when null
-        model_config.update(image_size=cfg.model.image_size or 32,
-                            patch_size=cfg.model.patch_size, blocks=cfg.model.blocks)
+    for key in MODELS.get(cfg.model.name).meta.get("fields", ()):  # the keys it takes
+        if getattr(cfg.model, key) is not None:  # None: the builder's default
+            model_config[key] = getattr(cfg.model, key)
     model = build_model(**model_config)
     if cfg.pretext.init:
         loaded = _init_backbone(cfg)
@@ -256,18 +250,19 @@ def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> Any:
 def build_meta(cfg: Config, model: nn.Module, weights: InstanceWeights,
                optimizer: torch.optim.Optimizer, target: Any, scaler: Any) -> MetaWeighter:
     m = cfg.meta
-    if m.objective == "detection":
-        if not callable(getattr(dist_unwrap(model), "target_loss", None)):
-            raise ConfigError(f"config key 'meta.objective': detection needs a pretext with a "
-                              f"box loss (rpn), not {cfg.pretext.name!r}")
-        if target is None:
-            raise ConfigError(f"config key 'meta.objective': detection needs labelled target "
-                              f"images with boxes, which data {cfg.data.name!r} does not "
-                              "provide (use data.name=shapes, or the prototypical objective)")
-        objective = bw.DetectionLoss(m.detection_batch, seed=cfg.experiment.seed)
-    else:
-        objective = bw.PrototypicalLoss(m.way, m.shot, m.query, seed=cfg.experiment.seed,
-                                        prefetch=True)  # targets use eval transforms
+    entry = OBJECTIVES.get(m.objective)
+    objective = entry.obj(**{arg: getattr(m, key) for key, arg in entry.meta["fields"].items()},
+                          **entry.meta["options"], seed=cfg.experiment.seed)
+    try:
+        objective.check_model(dist_unwrap(model))
+    except ValueError as e:
+        raise ConfigError(f"config key 'meta.objective': {m.objective}: {e}, not pretext "
+                          f"{cfg.pretext.name!r}") from None
+    if target is None:
+        raise ConfigError(f"config key 'meta.objective': {m.objective} needs the data's "
+                          f"labelled {entry.meta['target']}, which data {cfg.data.name!r} "
+                          "does not provide (detection targets: data.name=shapes), or "
+                          "another objective (prototypical)")
     weight_optimizer = None
     if isinstance(weights, bw.weights.LearnedWeights):
         weight_optimizer = bw.WeightOptimizer(
@@ -384,8 +379,7 @@ def build(cfg: Config, splits: Any = None) -> Components:
     weights.fit(bundle.pool, bundle.target_train, pretext)
     fit_seconds = time.perf_counter() - start
     scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
-    target = (bundle.detection_target if cfg.meta.objective == "detection"
-              else bundle.target_train)
+    target = getattr(bundle, OBJECTIVES.get(cfg.meta.objective).meta["target"], None)
     meta = build_meta(cfg, model, weights, optimizer, target, scaler)
     pruner = build_pruner(cfg, weights, bundle.in_domain) if cfg.pruning.enabled else None
     return Components(bundle, pretext, model, model_config, optimizer, scheduler, weights, meta,

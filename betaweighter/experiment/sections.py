@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from betaweighter.data.sources import DATA_SOURCES
 from betaweighter.experiment.loggers import LOGGERS
 from betaweighter.experiment.tasks import (
     PATH,
@@ -25,6 +26,8 @@ from betaweighter.experiment.tasks import (
     SegmentationTask,
     span,
 )
+from betaweighter.meta.objectives import OBJECTIVES
+from betaweighter.models import MODELS
 from betaweighter.pretext.augment import AUGMENTATIONS, PRESETS
 from betaweighter.pretext.base import PRETEXTS
 from betaweighter.weights.base import WEIGHTINGS
@@ -51,26 +54,29 @@ class ExperimentSection:
 
 @dataclass
 class DataSection:
-    # demo: the embedded set (no files); mixture: drawn shapes with four kinds of
-    # distractors (no files); stl10: STL-10 binaries under `root`; decathlon:
-    # Visual Decathlon under `root` with `target` as the labelled domain; folders: your own
-    # ImageFolder trees (`pool_root`, `target_root`); shapes: generated detection scenes
-    # (betaweighter.data.shapes, no files).
-    name: Literal["demo", "mixture", "stl10", "decathlon", "folders", "shapes"] = "demo"
+    # A registered data source (betaweighter.data.sources.DATA_SOURCES): demo (the embedded
+    # set, no files); mixture (drawn shapes with four kinds of distractors, no files); stl10
+    # (STL-10 binaries under `root`); decathlon (Visual Decathlon under `root`, `target` the
+    # labelled domain); folders (your own ImageFolder trees, `pool_root` and `target_root`);
+    # shapes (generated detection scenes, no files); or one registered by experiment.imports.
+    name: str = field(default="demo", metadata={"registry": DATA_SOURCES})
     root: str | None = field(default=None, metadata=PATH)
     target: str | None = None
     pool_root: str | None = field(default=None, metadata=PATH)
     target_root: str | None = field(default=None, metadata=PATH)
     download: bool = False
     workers: int = field(default=0, metadata=_range(0))
-    # Keyword arguments of the dataset builder (betaweighter.data.stl10, .decathlon,
-    # .image_folders, .demo), checked against its signature.
+    # Keyword arguments of the data source's builder (betaweighter.data.stl10, .decathlon,
+    # .image_folders, .demo, ...), checked against its signature and declared ranges.
     options: dict = field(default_factory=dict)
 
 
 @dataclass
 class ModelSection:
-    name: Literal["convnet", "resnet18", "resnet50", "vit_tiny"] = "convnet"
+    # A registered model (betaweighter.models.MODELS): convnet, resnet18, resnet50, vit_tiny,
+    # or one registered by experiment.imports; the keys below are passed to those that
+    # take them.
+    name: str = field(default="convnet", metadata={"registry": MODELS})
     width: int = field(default=64, metadata=_range(1))  # convnet: channels per block
     blocks: int = field(default=4, metadata=_range(1))  # convnet: conv; vit_tiny: transformer
     # vit_tiny: the side of its square patches, and of the images it takes (null: the
@@ -111,11 +117,12 @@ class WeightsSection:
 
 @dataclass
 class MetaSection:
-    # The rotation model's head has 4 outputs, so a classification meta objective needs a
-    # head of its own: use bw.ClassificationLoss(head=...) from Python for that.
-    # detection: the RPN loss on `detection_batch` labelled target images (pretext rpn on
-    # data with a detection target, e.g. shapes).
-    objective: Literal["prototypical", "detection"] = "prototypical"
+    # A registered meta objective (betaweighter.meta.objectives.OBJECTIVES): prototypical
+    # (episodes of `way` x (`shot` + `query`) target images); detection (the RPN loss on
+    # `detection_batch` labelled target images: pretext rpn on data with a detection
+    # target, e.g. shapes). The rotation model's head has 4 outputs, so a classification
+    # objective needs a head of its own: use bw.ClassificationLoss(head=...) from Python.
+    objective: str = field(default="prototypical", metadata={"registry": OBJECTIVES})
     detection_batch: int = field(default=4, metadata=_range(1))
     way: int = field(default=10, metadata=_range(2))
     shot: int = field(default=10, metadata=_range(1))

@@ -17,11 +17,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from betaweighter.meta.objectives import ShuffledBatchObjective
+from betaweighter.meta.objectives import ShuffledBatchObjective, register_objective
+from betaweighter.pretext.base import Pretext
 
 __all__ = ["DetectionLoss"]
 
 
+@register_objective("detection", fields={"detection_batch": "batch_size"},
+                    target="detection_target")
 class DetectionLoss(ShuffledBatchObjective):
     """Mean of ``model.target_loss(images, boxes)`` over `batch_size` labelled images per
     call, walking through seeded shuffles of the target set.
@@ -34,6 +37,15 @@ class DetectionLoss(ShuffledBatchObjective):
     def __init__(self, batch_size: int = 4, method: str = "target_loss", seed: int = 0) -> None:
         super().__init__(batch_size, seed)
         self.method = method
+
+    def check_model(self, model: Any) -> None:
+        """The model must score images against boxes with its `method`: a pretext with a
+        box loss (`Pretext.has_target_loss`, e.g. rpn), or any model with that method."""
+        has = (model.has_target_loss if isinstance(model, Pretext) and self.method ==
+               "target_loss" else callable(getattr(model, self.method, None)))
+        if not has:
+            raise ValueError(f"the detection objective needs a model with a box loss "
+                             f"{self.method}(images, boxes) (pretext rpn)")
 
     def __call__(self, model: Any) -> Tensor:
         self._check_bound()

@@ -17,11 +17,14 @@ All gathers pad to the largest shard (the last batch of an epoch may differ in s
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from betaweighter.runtime import world
+from betaweighter.weights.base import InstanceWeights
 
 __all__ = ["all_gather_rows", "assert_identical", "average_", "is_ddp", "sum_",
            "sum_weight_grads", "unwrap"]
@@ -34,7 +37,7 @@ def is_ddp(model: nn.Module) -> bool:
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DDP (or torch.compile) wrapper, the model itself otherwise."""
     if is_ddp(model):
-        model = model.module
+        model = cast(DistributedDataParallel, model).module
     return getattr(model, "_orig_mod", model)
 
 
@@ -73,9 +76,9 @@ def all_gather_rows(*tensors: Tensor) -> tuple[list[Tensor], slice]:
     if size == 1:
         return list(tensors), slice(0, n)
     device = tensors[0].device
-    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(size)]
-    torch.distributed.all_gather(counts, torch.tensor([n], device=device))
-    counts = [int(c) for c in counts]
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(size)]
+    torch.distributed.all_gather(sizes, torch.tensor([n], device=device))
+    counts = [int(c) for c in sizes]
     longest = max(counts)
     out = []
     for t in tensors:
@@ -88,7 +91,7 @@ def all_gather_rows(*tensors: Tensor) -> tuple[list[Tensor], slice]:
     return out, slice(start, start + n)
 
 
-def sum_weight_grads(weights: nn.Module, idx: Tensor, dense: bool) -> Tensor:
+def sum_weight_grads(weights: InstanceWeights, idx: Tensor, dense: bool) -> Tensor:
     """Make every rank's weight gradients the sum over all ranks' rows (row parameters by
     gathering (index, row); other parameters by an all-reduce); return the rows the weight
     optimiser steps: the global batch's. Outside torch.distributed, `idx` unchanged."""
@@ -96,9 +99,9 @@ def sum_weight_grads(weights: nn.Module, idx: Tensor, dense: bool) -> Tensor:
         return idx
     rows = torch.unique(idx)
     params = dict(weights.named_parameters())
-    row_names = [n for n in getattr(weights, "row_parameters", ()) if n in params
+    row_names = [n for n in weights.row_parameters if n in params
                  and params[n].grad is not None and not dense]
-    gathered, _ = all_gather_rows(rows, *[params[n].grad[rows] for n in row_names])
+    gathered, _ = all_gather_rows(rows, *[cast(Tensor, params[n].grad)[rows] for n in row_names])
     for name, values in zip(row_names, gathered[1:]):
         grad = torch.zeros_like(params[name])
         grad.index_add_(0, gathered[0], values)

@@ -18,9 +18,24 @@ from torch import Tensor
 from betaweighter.data.episodes import EpisodeSampler
 from betaweighter.data.labels import labels_of
 from betaweighter.data.prefetch import Prefetcher, stack_items
+from betaweighter.registry import Registry
 from betaweighter.runtime import world
 
-__all__ = ["ClassificationLoss", "MetaObjective", "PrototypicalLoss", "ShuffledBatchObjective"]
+__all__ = ["OBJECTIVES", "ClassificationLoss", "MetaObjective", "PrototypicalLoss",
+           "ShuffledBatchObjective", "register_objective"]
+
+#: The meta objectives ``meta.objective`` chooses from (see `register_objective`).
+OBJECTIVES = Registry("meta objective", "meta.objective", decorator="register_objective")
+
+
+def register_objective(name: str, *, fields: dict[str, str] | None = None,
+                       target: str = "target_train", **options: Any):  # noqa: ANN201
+    """Register a `MetaObjective` class as ``meta.objective: <name>``. A config builds it
+    as ``cls(**{arg: meta.<key> for key, arg in fields.items()}, **options, seed=seed)``
+    and binds it to the `DataBundle` attribute `target` (``target_train``, or
+    ``detection_target`` for images with boxes)."""
+    return OBJECTIVES.register(name, fields=dict(fields or {}), target=target,
+                               options=dict(options))
 
 Features = Callable[[Any, Tensor], Tensor]
 
@@ -60,6 +75,10 @@ class MetaObjective:
                 "to MetaWeighter (or call objective.bind(dataset))"
             )
 
+    def check_model(self, model: Any) -> None:
+        """Raise ValueError if `model` cannot be judged by this objective (say, it lacks
+        the box loss a detection objective calls); any model passes by default."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -67,6 +86,8 @@ class MetaObjective:
         pass
 
 
+@register_objective("prototypical", fields={"way": "way", "shot": "shot", "query": "query"},
+                    prefetch=True)  # a config's targets use evaluation transforms
 class PrototypicalLoss(MetaObjective):
     """Prototypical-network loss on a fresh N-way K-shot episode per call
     (Snell, Swersky and Zemel, NeurIPS 2017), the meta objective of BDW on STL-10.

@@ -62,6 +62,17 @@ class Pretext(nn.Module):
         """Learn what the task needs to know of the data it will see (a `DataBundle`: e.g.
         its normalisation, to look at pixels); called by the experiment factory."""
 
+    def target_loss(self, x: Tensor, boxes: list[Tensor]) -> Tensor:
+        """The per-image loss of images `x` against labelled `boxes` (xyxy pixels), which
+        the detection meta objective asks of a look-ahead model; only a task that predicts
+        boxes (rpn) has one."""
+        raise NotImplementedError(f"{type(self).__name__} has no box loss")
+
+    @property
+    def has_target_loss(self) -> bool:
+        """Whether this task overrides `target_loss` (the detection objective needs it)."""
+        return type(self).target_loss is not Pretext.target_loss
+
     def loss_parts(self) -> dict[str, float]:
         """The components of the last batch's loss (name -> batch mean), for the metrics of
         a task whose loss is a sum (e.g. RPN objectness + box regression); empty if none."""

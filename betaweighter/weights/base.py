@@ -40,6 +40,9 @@ class InstanceWeights(nn.Module):
     #: True where `MetaWeighter` must compute the look-ahead's meta-gradient for the method:
     #: every `LearnedWeights`, and rules that read it (L2RW).
     needs_meta_gradient: bool = False
+    #: The parameters whose first dimension indexes instances (a `WeightOptimizer` steps
+    #: only the batch's rows of them, and DDP gathers those rows); none for a rule.
+    row_parameters: tuple[str, ...] = ()
 
     def __init__(self, num_instances: int) -> None:
         super().__init__()
@@ -60,6 +63,12 @@ class InstanceWeights(nn.Module):
         """P(w_i <= value). Deterministic weights are point masses: 1 if w_i <= value."""
         w = self.mean(indices)
         return (w <= value).to(w.dtype)
+
+    def init_cdf(self, value: float) -> float:
+        """P(w <= value) before any training, the reference the diagnostics compare the
+        learnt weights with; a method with a starting distribution overrides it (BDW's
+        Beta), and the default is a weight drawn uniformly from [0, 1]."""
+        return min(max(float(value), 0.0), 1.0)
 
     def fit(self, pool: Any, target: Any, model: nn.Module | None = None) -> InstanceWeights:
         """Look at the data once, before training (a method that embeds the pool overrides
@@ -100,13 +109,11 @@ class InstanceWeights(nn.Module):
 class LearnedWeights(InstanceWeights):
     """Weights with parameters learnt by the bilevel step.
 
-    ``row_parameters`` names the parameters whose first dimension indexes instances, so a
-    `WeightOptimizer` step may touch only the rows of the current batch (others are
-    stepped densely).
+    Their ``row_parameters`` (declared on `InstanceWeights`) are stepped row by row, the
+    rest densely.
     """
 
     needs_meta_gradient = True
-    row_parameters: tuple[str, ...] = ()
 
     def sample(self, indices: Tensor, losses: Tensor | None = None) -> Tensor:
         """Weights for the instances `indices` (shape (B,)), differentiable w.r.t. the

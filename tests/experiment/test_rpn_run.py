@@ -106,7 +106,7 @@ def test_rpn_config_errors_name_the_key(tmp_path):
         Trainer.start(_config(tmp_path, "shapes/rpn.yaml", "model.name=convnet"))
     with pytest.raises(ConfigError, match="unknown config key 'pretext.options.trunk'"):
         Trainer.start(_config(tmp_path, "shapes/rpn.yaml", "pretext.options.trunk=true"))
-    with pytest.raises(ConfigError, match="detection needs a pretext with a box loss"):
+    with pytest.raises(ConfigError, match="detection objective needs a model with a box loss"):
         Trainer.start(_config(tmp_path, "shapes/rotation.yaml", "meta.objective=detection",
                               "pretext.options={}"))
     with pytest.raises(ConfigError, match=r"'evaluate.detection.fractions\[0\]'"):

@@ -30,6 +30,7 @@ from betaweighter.data.cache import memoize_json
 from betaweighter.data.images import read_image
 from betaweighter.data.indexed import Indexed
 from betaweighter.data.options import SEED, Range, integer, ranged
+from betaweighter.data.sources import register_data_source
 from betaweighter.data.splits import SplitsArg, resolve_splits, stratified_split
 from betaweighter.data.transforms import channel_stats, eval_transform, train_transform
 from betaweighter.data.views import Transformed
@@ -146,6 +147,9 @@ def domain_stats(raw: DecathlonRaw, items: int,
     return tuple(mean), tuple(std)
 
 
+@register_data_source("decathlon", fields=("root", "target"), required={
+    "root": "the dataset's root folder (e.g. --set data.root=/path/to/data)",
+    "target": "the Visual Decathlon target domain (e.g. --set data.target=dtd)"})
 @ranged(seed=SEED, labelled_fraction=Range(0, 1, lo_open=True),
         val_test_fraction=Range(0, 1, lo_open=True, hi_open=True), resize=integer(1),
         crop=integer(1), stats_items=integer(1))

@@ -29,6 +29,7 @@ from betaweighter.data.bundle import DataBundle
 from betaweighter.data.cache import cache_dir as resolve_cache_dir
 from betaweighter.data.indexed import Indexed
 from betaweighter.data.options import SEED, Range, integer, ranged
+from betaweighter.data.sources import register_data_source
 from betaweighter.data.splits import stratified_split
 from betaweighter.io import atomic_write_bytes
 
@@ -89,6 +90,7 @@ def _normalise(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> tor
     return x.sub_(mean[:, None, None]).div_(std[:, None, None])
 
 
+@register_data_source("demo")
 @ranged(**RANGES)
 def demo(cache_dir: str | os.PathLike | None = None, *, seed: int = 0,
          pool_fraction: float = 0.5, distractor_ratio: float = 1.0, image_size: int = 32,

@@ -27,6 +27,7 @@ from betaweighter.data.images import IMAGE_EXTENSIONS, check_image, read_image
 from betaweighter.data.indexed import Indexed
 from betaweighter.data.options import SEED, Range, integer, ranged
 from betaweighter.data.scan import FileId, check_disjoint, scan_images
+from betaweighter.data.sources import register_data_source
 from betaweighter.data.splits import SplitsArg, resolve_splits, stratified_split
 from betaweighter.data.transforms import channel_stats, eval_transform, train_transform
 from betaweighter.data.views import Transformed
@@ -108,6 +109,9 @@ class FolderRaw(Dataset):
         return read_image(self.files[i]), label
 
 
+@register_data_source("folders", fields=("pool_root", "target_root"), required={
+    "pool_root": "the unlabelled pool's folder of images",
+    "target_root": "the labelled target's ImageFolder tree (one sub-folder per class)"})
 @ranged(seed=SEED, val_test_fraction=Range(0, 1, lo_open=True, hi_open=True),
         test_fraction=Range(0, 1, hi_open=True), resize=integer(1), crop=integer(1),
         stats_items=integer(1))

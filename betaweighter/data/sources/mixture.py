@@ -35,6 +35,7 @@ from betaweighter.data.bundle import DataBundle
 from betaweighter.data.cache import cache_dir as resolve_cache_dir
 from betaweighter.data.indexed import Indexed
 from betaweighter.data.options import SEED, Range, integer, ranged
+from betaweighter.data.sources import register_data_source
 from betaweighter.data.splits import stratified_split
 from betaweighter.io import atomic_write_bytes
 
@@ -143,6 +144,7 @@ def build_mixture_arrays(seed: int = 0, shapes_per_class: int = 200, pool_fracti
             "labels": labels, **parts}
 
 
+@register_data_source("mixture")
 @ranged(**RANGES)
 def mixture(cache_dir: str | os.PathLike | None = None, *, seed: int = 0,
             shapes_per_class: int = 200, pool_fraction: float = 0.5,

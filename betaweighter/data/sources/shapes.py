@@ -36,6 +36,7 @@ from betaweighter.data.arrays import TensorImages
 from betaweighter.data.bundle import DataBundle
 from betaweighter.data.indexed import Indexed
 from betaweighter.data.options import SEED, Range, integer, ranged
+from betaweighter.data.sources import register_data_source
 
 __all__ = ["SHAPE_CLASSES", "BoxedImages", "distractor_image", "shapes", "shapes_scene",
            "write_shapes_coco", "write_shapes_voc"]
@@ -208,6 +209,7 @@ def _crops(scenes: list[tuple], crop: int) -> tuple[Tensor, np.ndarray]:
     return torch.stack(out).clamp(0, 255).round().to(torch.uint8), np.asarray(labels)
 
 
+@register_data_source("shapes")
 @ranged(seed=SEED, pool_images=integer(1), distractor_ratio=Range(0),
         image_size=integer(16), target_scenes=integer(6), crop_size=integer(8),
         detection_target_images=integer(1))

@@ -26,6 +26,7 @@ from betaweighter.data.bundle import DataBundle
 from betaweighter.data.cache import memoize_json
 from betaweighter.data.indexed import Indexed
 from betaweighter.data.options import SEED, integer, ranged
+from betaweighter.data.sources import register_data_source
 from betaweighter.data.splits import SplitsArg, resolve_splits, stratified_split
 from betaweighter.data.transforms import channel_stats, eval_transform, train_transform
 from betaweighter.data.views import Transformed
@@ -142,6 +143,8 @@ def _pool_stats(unlabeled: STL10Raw, items: int,
     return tuple(mean), tuple(std)
 
 
+@register_data_source("stl10", fields=("root", "download"), required={
+    "root": "the dataset's root folder (e.g. --set data.root=/path/to/data)"})
 @ranged(seed=SEED, val_train_per_class=integer(1), val_test_per_class=integer(1),
         resize=integer(1), crop=integer(1), stats_items=integer(1))
 def stl10(
