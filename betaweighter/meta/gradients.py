@@ -174,7 +174,7 @@ def double_backward(batch: Batch, vopt: VirtualOptimizer, w: Tensor,
                     inner_steps: int = 1) -> tuple[Tensor, Tensor]:
     """Reference meta-gradient dM/dw (per instance) and M, through a differentiable copy of
     the gradient (the graph of `batch.losses` must still be alive)."""
-    params = dict(batch.module.named_parameters())
+    params: dict[str, Tensor] = dict(batch.module.named_parameters())
     names = list(vopt.tensors)
     w_rows = w.repeat_interleave(batch.copies).to(batch.losses.dtype)
     loss = weighted_mean(w_rows, batch.losses, batch.normalise)

@@ -214,8 +214,10 @@ def _require(method: str) -> None:
         try:
             import cv2
         except ImportError:
-            cv2 = None
-        if cv2 is None or not hasattr(cv2, "ximgproc"):
+            contrib = False
+        else:
+            contrib = hasattr(cv2, "ximgproc")
+        if not contrib:
             raise ImportError(
                 "pseudo boxes 'selective_search' need OpenCV's contrib modules: pip install "
                 "'betaweighter[selective-search]' (opencv-contrib-python-headless; uninstall "
@@ -244,7 +246,8 @@ def _felzenszwalb_boxes(pixels: np.ndarray) -> np.ndarray:
         np.maximum.at(x2, flat, cols.ravel() + 1)
         np.maximum.at(y2, flat, rows.ravel() + 1)
         counts = np.bincount(flat, minlength=n)
-        colour = np.stack([np.bincount(flat, image[..., c].ravel(), n) for c in range(3)], 1)
+        colour: np.ndarray = np.stack([np.bincount(flat, image[..., c].ravel(), n)
+                                       for c in range(3)], 1)  # float: weighted counts
         colour /= counts[:, None]
         segments = np.stack([x1, y1, x2, y2], 1)
         # neighbours: labels that touch horizontally or vertically

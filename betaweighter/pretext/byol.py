@@ -99,7 +99,7 @@ class BYOLPretext(_SelfDistillation):
         self.target = MomentumTarget(self.online(), momentum)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.predictor(self.projector(self.backbone.features(x)))
+        return self.predictor(self.projector(self.backbone.features(x)))  # type: ignore[operator]  # Module.__getattr__
 
     def batch(self, x: Tensor) -> PretextBatch:
         inputs = self.views(x)
@@ -138,7 +138,7 @@ class SimSiamPretext(_SelfDistillation):
                          image_size=image_size, mean=mean, std=std, augment=augment)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.predictor(self.projector(self.backbone.features(x)))
+        return self.predictor(self.projector(self.backbone.features(x)))  # type: ignore[operator]  # Module.__getattr__
 
     def batch(self, x: Tensor) -> PretextBatch:
         inputs = self.views(x)

@@ -79,6 +79,9 @@ class MoCoPretext(TwoViewPretext):
     See `TwoViewPretext` for `image_size`, `mean`, `std` and `augment`.
     """
 
+    queue: Tensor
+    queue_ptr: Tensor
+
     def __init__(self, backbone: nn.Module, *, temperature: float = 0.2,
                  projection_dim: int = 128, hidden_dim: int = 512, queue_size: int = 4096,
                  momentum: float = 0.99, gather_distributed: bool = True,
@@ -105,7 +108,7 @@ class MoCoPretext(TwoViewPretext):
         return Encoder(self.backbone, self.projector)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.projector(self.backbone.features(x))
+        return self.projector(self.backbone.features(x))  # type: ignore[operator]  # Module.__getattr__
 
     def batch(self, x: Tensor) -> PretextBatch:
         inputs = self.views(x)

@@ -122,6 +122,9 @@ class RPNPretext(Pretext):
 
     copies = 1
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, backbone: nn.Module, boxes: PseudoBoxes | str | dict = "random", *,
                  train_trunk: bool = False, anchor_sizes: Sequence[int] = ANCHOR_SIZES,
                  aspect_ratios: Sequence[float] = ASPECT_RATIOS, fg_iou: float = 0.7,

@@ -104,7 +104,7 @@ class SimCLRPretext(TwoViewPretext):
         self.projector = mlp_head(feature_dim(backbone), hidden_dim, projection_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.projector(self.backbone.features(x))
+        return self.projector(self.backbone.features(x))  # type: ignore[operator]  # Module.__getattr__
 
     def loss(self, z: Tensor) -> Tensor:
         """The per-row loss of a batch of projections."""

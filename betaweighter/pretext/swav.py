@@ -144,6 +144,9 @@ class SwAVPretext(TwoViewPretext):
     `TwoViewPretext` for `image_size`, `mean`, `std` and `augment`.
     """
 
+    queue: Tensor  # buffers only when queue_size > 0
+    queue_filled: Tensor
+
     def __init__(self, backbone: nn.Module, *, prototypes: int = 300, temperature: float = 0.1,
                  epsilon: float = 0.05, sinkhorn_iterations: int = 3,
                  projection_dim: int = 128, hidden_dim: int = 512, queue_size: int = 0,
@@ -173,7 +176,7 @@ class SwAVPretext(TwoViewPretext):
         self._pending: SwappedPrediction | None = None
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z = F.normalize(self.projector(self.backbone.features(x)), dim=1)
+        z = F.normalize(self.projector(self.backbone.features(x)), dim=1)  # type: ignore[operator]  # Module.__getattr__
         return z, self.prototypes(z)
 
     def batch(self, x: Tensor) -> PretextBatch:

@@ -42,7 +42,7 @@ class Encoder(nn.Module):
         self.head = head
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.backbone.features(x))
+        return self.head(self.backbone.features(x))  # type: ignore[operator]  # Module.__getattr__
 
 
 class TwoViewPretext(Pretext):
