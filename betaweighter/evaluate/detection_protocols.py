@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ def label_subsets(n_images: int, fractions: Sequence[float] = LABEL_FRACTIONS,
     return {float(f): np.sort(order[:max(1, int(f * n_images))]) for f in fractions}
 
 
-def subset_detection(dataset: DetectionDataset, indices: Sequence[int],
+def subset_detection(dataset: DetectionDataset, indices: Sequence[int] | np.ndarray,
                      records: list[DetectionRecord] | None = None) -> DetectionDataset:
     """A detection set of some images of `dataset` (or of the given `records`), with its
     classes and flip setting."""
@@ -197,7 +197,7 @@ def _class_metrics(test_set: DetectionDataset, dets: list[dict[str, Any]],
 
 def _reinit_novel(model: nn.Module, novel: Sequence[int], seed: int) -> None:
     """Fresh rows of the box predictor for the novel classes; everything else frozen."""
-    predictor = model.roi_heads.box_predictor
+    predictor = cast(Any, model).roi_heads.box_predictor  # torchvision's, untyped
     g = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         for label in novel:

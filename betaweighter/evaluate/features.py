@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 from tqdm.auto import tqdm
 
@@ -59,7 +60,7 @@ def dataset_fingerprint(dataset: Any) -> str | None:
         parts = [dataset_fingerprint(d) for d in dataset.datasets]
         if any(p is None for p in parts):
             return None
-        h.update("+".join(parts).encode())
+        h.update("+".join(cast(list[str], parts)).encode())  # no None: returned above
         return h.hexdigest()
     if isinstance(dataset, Subset):
         parent = dataset_fingerprint(dataset.dataset)
@@ -104,7 +105,8 @@ def extract_features(model: nn.Module, dataset: Any, *, batch_size: int = 64,
             return cached
     device = module_device(model) if device is None else resolve_device(device)
     model.to(device)
-    embed = model.features if callable(getattr(model, "features", None)) else model
+    embed = (cast(Callable[[Tensor], Tensor], model.features)
+             if callable(getattr(model, "features", None)) else model)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
                         num_workers=num_workers, pin_memory=device.type == "cuda")
     feats, labels = [], []

@@ -45,7 +45,7 @@ class FeatureClassifier(nn.Module):
         self.head = nn.Linear(feature_dim, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.backbone.features(x).flatten(1))
+        return self.head(self.backbone.features(x).flatten(1))  # type: ignore[operator]  # Module.__getattr__
 
 
 def train_classifier(model: nn.Module, train_set: Any, *, num_classes: int, lr: float,
@@ -64,8 +64,9 @@ def train_classifier(model: nn.Module, train_set: Any, *, num_classes: int, lr: 
     net = FeatureClassifier(backbone, _feature_dim(backbone, train_set, device), num_classes)
     net.to(device).train()
     if optimizer == "sgd":
-        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, nesterov=momentum > 0,
-                              weight_decay=weight_decay)
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            net.parameters(), lr=lr, momentum=momentum, nesterov=momentum > 0,
+            weight_decay=weight_decay)
     else:
         opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
@@ -165,5 +166,5 @@ def _feature_dim(backbone: nn.Module, dataset: Any, device: torch.device) -> int
                         f"{type(backbone).__name__} has none")
     x = torch.as_tensor(dataset[0][0]).unsqueeze(0).to(device)
     with eval_mode(backbone), torch.no_grad():
-        dim = backbone.features(x).flatten(1).shape[1]
+        dim = backbone.features(x).flatten(1).shape[1]  # type: ignore[operator]  # Module.__getattr__
     return int(dim)

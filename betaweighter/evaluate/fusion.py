@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ class FusedBackbone(nn.Module):
         self.members = nn.ModuleList(members)
         self.mode = mode
         self.trainable = bool(trainable)
-        dims = [getattr(m, "feature_dim", None) for m in members]
+        dims: list[Any] = [getattr(m, "feature_dim", None) for m in members]
         if mode != "cat" and None not in dims and len(set(dims)) > 1:
             raise ConfigError(f"fusion mode {mode!r} needs members of one width, got feature "
                               f"dimensions {dims}; use mode='cat'")
@@ -82,7 +82,7 @@ class FusedBackbone(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-            feats = [m.features(x).flatten(1) for m in self.members]
+            feats = [m.features(x).flatten(1) for m in self.members]  # type: ignore[operator]  # Module.__getattr__
         if self.mode == "cat":
             return torch.cat(feats, dim=1)
         if len({f.shape[1] for f in feats}) > 1:
@@ -130,6 +130,7 @@ def fuse(backbones: Sequence[nn.Module | str | os.PathLike], mode: str = "cat", 
     """
     from betaweighter.models import load_backbone
 
-    members = [load_backbone(b, device) if isinstance(b, (str, os.PathLike)) else b
+    # cast: load_backbone takes any os.PathLike (it calls Path() on it)
+    members = [load_backbone(cast(Any, b), device) if isinstance(b, (str, os.PathLike)) else b
                for b in backbones]
     return FusedBackbone(members, mode, trainable)

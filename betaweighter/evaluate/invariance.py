@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -130,7 +130,8 @@ class _Embedder:
 
     def __init__(self, model: nn.Module, inputs: InputConfig, device: torch.device) -> None:
         self.model, self.inputs, self.device = model, inputs, device
-        self.fn = model.features if callable(getattr(model, "features", None)) else model
+        self.fn = (cast(Callable[[Tensor], Tensor], model.features)
+                   if callable(getattr(model, "features", None)) else model)
         params = [p for p in model.parameters() if p.is_floating_point()]
         self.dtype = params[0].dtype if params else torch.float32
 

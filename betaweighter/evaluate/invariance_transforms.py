@@ -180,7 +180,7 @@ def _posterize(k: int, g: Geometry, paper: bool) -> list[Param]:
 def _deform(k: int, g: Geometry, paper: bool) -> list[Param]:
     if paper:  # the code's lists are 256 long; `points` is never used by its deform
         points = torch.repeat_interleave(torch.arange(2, 10), 32).tolist()
-        sigmas = torch.linspace(10, 50, 8).to(int).repeat(32).tolist()
+        sigmas = torch.linspace(10, 50, 8).to(int).repeat(32).tolist()  # type: ignore[call-overload]
         return [_p(f"points={p};sigma={s}", s, False, sigma=float(s), index=i)
                 for i, (p, s) in enumerate(zip(points[:k], sigmas[:k]))]
     return [_p(f"{d:g}", d, False, displacement=d) for d in _lin(0, 0.1, k + 1)[1:]]
@@ -273,9 +273,10 @@ def _paper_deform(x: Tensor, sigma: float, rng: np.random.Generator) -> Tensor:
     out = []
     for image in x:
         h, w = image.shape[-2:]
-        centre = np.float64([h // 2, w // 2])  # (h, w) used as (x, y), as the original
+        centre = np.array([h // 2, w // 2], dtype=np.float64)  # (h, w) as (x, y), as the original
         side = min(h, w) // 3
-        src = np.float64([centre + side, [centre[0] + side, centre[1] - side], centre - side])
+        src = np.array([centre + side, [centre[0] + side, centre[1] - side], centre - side],
+                       dtype=np.float64)
         dst = src + rng.uniform(-50, 50, size=src.shape)
         image = F.perspective(image, None, None, coefficients=_inverse_affine(src, dst),
                               interpolation=BILINEAR)

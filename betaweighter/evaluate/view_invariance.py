@@ -46,6 +46,7 @@ def read_view_groups(root: str | os.PathLike) -> dict[str, list[Any]]:
     from betaweighter.data.sources.folders import FolderRaw
 
     raw = FolderRaw(root, labelled=True)
+    assert raw.targets is not None  # labelled=True
     groups: dict[str, list[Any]] = {c: [] for c in raw.classes}
     for path, label in zip(raw.files, raw.targets):
         groups[raw.classes[int(label)]].append(path)
@@ -106,7 +107,7 @@ def measure_view_invariance(model: nn.Module, groups: str | os.PathLike | Mappin
             stats = reference_stats(model, images, inputs=inputs, protocol=protocol,
                                     shrinkage=shrinkage, batch_size=batch_size, device=device)
         embed = _Embedder(model, inputs, device)
-        rows = []
+        rows: list[dict[str, Any]] = []
         for obj, views in tqdm(groups.items(), desc="view invariance",
                                disable=progress_disabled(), leave=False):
             if len(views) < 2:
