@@ -4,9 +4,10 @@ and the facts a run needs about them, in one uniform object."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -46,8 +47,8 @@ class DataBundle:
     test: Dataset
     num_classes: int
     image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     in_domain: np.ndarray | None = None
     detection_target: Dataset | None = None
     splits: dict[str, np.ndarray] = field(default_factory=dict)
@@ -56,22 +57,25 @@ class DataBundle:
     def __post_init__(self) -> None:
         if self.in_domain is not None:
             self.in_domain = np.asarray(self.in_domain, dtype=bool).reshape(-1)
-            if len(self.in_domain) != len(self.pool):
+            pool_size = len(cast(Sized, self.pool))
+            if len(self.in_domain) != pool_size:
                 raise ValueError(
-                    f"in_domain has {len(self.in_domain)} entries for a pool of {len(self.pool)}"
+                    f"in_domain has {len(self.in_domain)} entries for a pool of {pool_size}"
                 )
 
     def save_splits(self, path: str | os.PathLike) -> Path:
         """Write the splits (and `info`'s scalars) as JSON, e.g. ``run_dir/splits.json``."""
-        meta = {"dataset": self.name}
+        meta: dict[str, Any] = {"dataset": self.name}
         meta.update({k: v for k, v in self.info.items()
                      if isinstance(v, (str, int, float, bool, type(None), list))})
         return save_splits(path, self.splits, meta)
 
     def summary(self) -> str:
         """One line: sizes of every part (and the in-domain share of the pool)."""
-        line = (f"{self.name}: pool {len(self.pool)}, target_train {len(self.target_train)}, "
-                f"target_val {len(self.target_val)}, test {len(self.test)}, "
+        pool, train, val, test = (len(cast(Sized, d)) for d in
+                                  (self.pool, self.target_train, self.target_val, self.test))
+        line = (f"{self.name}: pool {pool}, target_train {train}, "
+                f"target_val {val}, test {test}, "
                 f"{self.num_classes} classes, {self.image_size}px")
         if self.in_domain is not None:
             line += f", {int(self.in_domain.sum())} in-domain in the pool"

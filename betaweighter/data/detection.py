@@ -112,7 +112,8 @@ class DetectionDataset(Dataset):
         """The ground truth as a COCO-format dict (image id = item index, category id =
         label 1..K, ``iscrowd`` = ignore flag, ``segmentation`` when the records carry
         one), for pycocotools and the VOC07 metric."""
-        images, annotations = [], []
+        images: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
         for i, r in enumerate(self.records):
             images.append({"id": i, "width": r.width, "height": r.height,
                            "file_name": str(r.file)})
@@ -164,12 +165,14 @@ class _BoxChecker:
                  where: str) -> list[float] | None:
         x1, y1, x2, y2 = box
         if not (np.isfinite(box).all() and x2 > x1 and y2 > y1):
-            return self._bad("skipped_degenerate", f"{where}: box {box} has no area")
+            self._bad("skipped_degenerate", f"{where}: box {box} has no area")
+            return None
         c = [min(max(x1, 0.0), width), min(max(y1, 0.0), height),
              min(max(x2, 0.0), width), min(max(y2, 0.0), height)]
         if not (c[2] > c[0] and c[3] > c[1]):
-            return self._bad("skipped_outside_image",
-                             f"{where}: box {box} lies outside the {width}x{height} image")
+            self._bad("skipped_outside_image",
+                      f"{where}: box {box} lies outside the {width}x{height} image")
+            return None
         if c != [x1, y1, x2, y2]:
             self._bad("clipped_boxes", f"{where}: box {box} extends outside the "
                                       f"{width}x{height} image")
@@ -256,9 +259,9 @@ def load_voc(root: str | Path, split: str = "trainval", *, classes: list[str] | 
             if name not in classes:
                 raise DataError(f"{root / 'Annotations' / f'{i}.xml'}: object class {name!r} "
                                 f"is not among the classes {classes}")
-            box = check(box, w, h, f"image {i} object {k}")
-            if box is not None:
-                boxes.append((box, classes.index(name) + 1, difficult))
+            kept = check(box, w, h, f"image {i} object {k}")
+            if kept is not None:
+                boxes.append((kept, classes.index(name) + 1, difficult))
         image = root / "JPEGImages" / f"{i}.jpg"
         if not image.is_file() and file_name:
             image = root / "JPEGImages" / file_name
@@ -270,10 +273,12 @@ def load_voc(root: str | Path, split: str = "trainval", *, classes: list[str] | 
 def _parse_voc_xml(path: Path) -> tuple[str, int, int, list[tuple[str, bool, list[float]]]]:
     try:
         tree = ET.parse(path).getroot()
-        size = tree.find("size")
+        # Any: a missing element or value raises AttributeError or TypeError, caught below
+        size: Any = tree.find("size")
         w, h = int(size.findtext("width")), int(size.findtext("height"))
         objects = []
-        for obj in tree.findall("object"):
+        found: list[Any] = tree.findall("object")
+        for obj in found:
             bb = obj.find("bndbox")
             xmin, ymin, xmax, ymax = (float(bb.findtext(t)) for t in
                                       ("xmin", "ymin", "xmax", "ymax"))

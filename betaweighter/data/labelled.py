@@ -62,7 +62,10 @@ def labelled_folder_splits(train: Path, test: Path, val: Path | None = None, *,
     aug = finetune_transform(image_size, mean, std, interpolation)
     raw_test = FolderRaw(test, classes=classes)
     raw_val = None if val is None else FolderRaw(val, classes=classes)
-    _disjoint({"train": raw_train, "test": raw_test, **({} if val is None else {"val": raw_val})})
+    folders = {"train": raw_train, "test": raw_test}
+    if raw_val is not None:
+        folders["val"] = raw_val
+    _disjoint(folders)
     return _assemble(raw_train, raw_test, raw_val, classes, ev, aug, val_fraction, seed)
 
 
@@ -100,7 +103,7 @@ def pooled_transfer(dataset: str, root: Path, splits: Sequence[str], *, seed: in
                         f"{sorted(raws)}")
     if len(parts) == 1:
         return parts[0], classes
-    pooled = ConcatDataset(parts)
+    pooled: Any = ConcatDataset(parts)  # Any: it gets a `targets` attribute
     pooled.targets = np.concatenate([p.targets for p in parts])
     return pooled, classes
 
@@ -109,6 +112,7 @@ def _assemble(raw_train: Any, raw_test: Any, raw_val: Any | None, classes: list[
               ev: Any, aug: Any, val_fraction: float, seed: int) -> dict[str, Any]:
     """The evaluation and fine-tuning views of train/val/test (val: a stratified
     `val_fraction` of train when `raw_val` is None) and their report."""
+    splits: dict[str, Any]
     if raw_val is None:
         parts = stratified_split(raw_train.targets, {"val": val_fraction, "train": None}, seed)
         splits = {"train": Transformed(raw_train, ev, parts["train"]),
@@ -148,7 +152,7 @@ def pooled_folders(roots: Sequence[Path], *, image_size: int = 224, resize: int 
     parts = [Transformed(raw, ev) for raw in raws.values()]
     if len(parts) == 1:
         return parts[0], classes
-    pooled = ConcatDataset(parts)
+    pooled: Any = ConcatDataset(parts)  # Any: it gets a `targets` attribute
     pooled.targets = np.concatenate([p.targets for p in parts])  # labels without decoding
     return pooled, classes
 

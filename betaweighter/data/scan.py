@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from betaweighter.errors import DataError
 
@@ -30,7 +31,7 @@ def file_id(path: str | os.PathLike) -> FileId:
 
 
 def scan_images(folder: str | os.PathLike, extensions: Sequence[str],
-                order: Callable[[str, str], object] | None = None) -> list[tuple[str, FileId]]:
+                order: Callable[[str, str], Any] | None = None) -> list[tuple[str, FileId]]:
     """(path, identity) of every image file under `folder`, each real file once.
 
     A file is an image when its name ends with one of `extensions` (any case). The result

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -163,5 +164,5 @@ def _load(file: Path) -> dict[str, np.ndarray] | None:
 
 def _save(file: Path, arrays: dict[str, np.ndarray]) -> None:
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    np.savez_compressed(buffer, **cast(dict[str, Any], arrays))  # numpy stub quirk
     atomic_write_bytes(file, buffer.getvalue())

@@ -82,9 +82,9 @@ class FolderRaw(Dataset):
                                     "images or remove those folders")
         else:
             self.classes = []
-            found = scan_images(self.root, IMAGE_EXTENSIONS)
-            self.files = [Path(p) for p, _ in found]
-            self.ids = [ident for _, ident in found]
+            scanned = scan_images(self.root, IMAGE_EXTENSIONS)
+            self.files = [Path(p) for p, _ in scanned]
+            self.ids = [ident for _, ident in scanned]
             self.targets = None
         if not self.files and classes is None:
             raise DatasetNotFoundError("images", self.root / "*" / "*.jpg", HOW)
@@ -162,6 +162,7 @@ def image_folders(
         raise ValueError("give both mean and std, or neither (then they are measured)")
     if mean is None:
         mean, std = channel_stats(pool, max_items=stats_items, seed=0, desc="pool statistics")
+    assert mean is not None and std is not None  # both given, or both measured
     eval_tf = eval_transform(resize, crop, mean, std)
     if test_raw is None:
         test: Dataset = Transformed(target, eval_tf, parts["test"])

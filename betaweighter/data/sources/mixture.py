@@ -24,6 +24,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -174,7 +175,7 @@ def mixture(cache_dir: str | os.PathLike | None = None, *, seed: int = 0,
         arrays = build_mixture_arrays(seed, shapes_per_class, pool_fraction, distractor_ratio,
                                       image_size)
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
+        np.savez_compressed(buffer, **cast(dict[str, Any], arrays))  # numpy stub quirk
         atomic_write_bytes(file, buffer.getvalue())
     pixels = torch.from_numpy(arrays["pool"]).float().div_(255.0).transpose(0, 1).reshape(3, -1)
     mean, std = pixels.mean(1), pixels.std(1).clamp_min(1e-6)

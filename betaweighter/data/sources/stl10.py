@@ -156,8 +156,8 @@ def stl10(
     splits: SplitsArg = None,
     resize: int = 96,
     crop: int = 84,
-    mean: tuple[float, float, float] | None = None,
-    std: tuple[float, float, float] | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
     stats_items: int = 5000,
     cache_dir: str | os.PathLike | None = None,
     download: bool = False,
@@ -191,6 +191,7 @@ def stl10(
         raise ValueError("give both mean and std, or neither (then they are measured)")
     if mean is None:
         mean, std = _pool_stats(unlabeled, stats_items, cache_dir)
+    assert mean is not None and std is not None  # both given, or both measured
     train_tf = train_transform(resize, crop, mean, std)
     eval_tf = eval_transform(resize, crop, mean, std)
     return DataBundle(
