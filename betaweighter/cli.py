@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from betaweighter import __version__
@@ -88,11 +89,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="a checkpoint file or a run directory (several: their features are "
                          "fused, see --fuse-mode), then optionally a YAML config with an "
                          "evaluate.<task> section")
-    ev.add_argument("--task", required=True, choices=["linear", "fewshot", "finetune",
-                                                       "detection", "invariance", "segmentation",
-                                                       "instance_segmentation"])
-    ev.add_argument("--fuse-mode", choices=["cat", "add", "mean"], default="cat",
-                    help="how several checkpoints' features are combined (default: cat)")
+    ev.add_argument("--task", required=True, metavar="TASK", choices=_Names(_task_names),
+                    help="the transfer task, one of: %(choices)s")
+    ev.add_argument("--fuse-mode", choices=_Names(_fusion_modes), default="cat",
+                    metavar="MODE", help="how several checkpoints' features are combined: "
+                                         "%(choices)s (default: cat)")
 
     inv = sub.add_parser("invariance", parents=[sets, device, layout],
                          help="how invariant a checkpoint's features are to synthetic "
@@ -209,6 +210,42 @@ def _keep_exit_status(meet: bool) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if meet:
             meet_every_rank("betaweighter/exit")
+
+
+class _Names(Sequence[str]):
+    """Choices for argparse read from the library only when used (a parse or a subcommand's
+    --help), so the names stay where they are declared and ``betaweighter --help`` stays
+    fast."""
+
+    def __init__(self, load: Callable[[], Sequence[str]]) -> None:
+        self._load = load
+        self._names: tuple[str, ...] | None = None
+
+    def _all(self) -> tuple[str, ...]:
+        if self._names is None:
+            self._names = tuple(self._load())
+        return self._names
+
+    def __getitem__(self, i):  # noqa: ANN001, ANN204 - Sequence's own signature
+        return self._all()[i]
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._all()
+
+
+def _task_names() -> tuple[str, ...]:
+    from betaweighter.experiment.sections import task_names
+
+    return task_names()
+
+
+def _fusion_modes() -> tuple[str, ...]:
+    from betaweighter.evaluate.fusion import FUSION_MODES
+
+    return tuple(FUSION_MODES)
 
 
 def _is_config(path: str) -> bool:

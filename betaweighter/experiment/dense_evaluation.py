@@ -30,6 +30,7 @@ from betaweighter.evaluate.dense import spatial_trunk
 from betaweighter.evaluate.detection import resnet_trunk
 from betaweighter.evaluate.instance_segmentation import evaluate_instance_segmentation
 from betaweighter.evaluate.segmentation import evaluate_segmentation
+from betaweighter.experiment.tasks import InstanceSegmentationTask, SegmentationTask
 from betaweighter.models import Backbone
 from betaweighter.pretext.rpn import ANCHOR_SIZES, ASPECT_RATIOS
 
@@ -153,4 +154,5 @@ def require_resnet(model: Backbone, task: str) -> None:
         raise ConfigError(f"--task {task}: {e}") from None
 
 
-DENSE_TASKS = {"segmentation": _segmentation, "instance_segmentation": _instance_segmentation}
+#: The dense tasks' runners, by the section class that configures each.
+DENSE_TASKS = {SegmentationTask: _segmentation, InstanceSegmentationTask: _instance_segmentation}

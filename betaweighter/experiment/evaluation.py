@@ -53,6 +53,8 @@ from betaweighter.experiment.dense_evaluation import (
 )
 from betaweighter.experiment.invariance import run_invariance
 from betaweighter.experiment.outputs import output_folder
+from betaweighter.experiment.sections import task_names, task_section
+from betaweighter.experiment.tasks import DetectionTask, FewshotTask, FinetuneTask, LinearTask
 from betaweighter.io import write_json
 from betaweighter.models import Backbone, load_backbone
 from betaweighter.pretext.rpn import ANCHOR_SIZES, ASPECT_RATIOS
@@ -61,7 +63,8 @@ from betaweighter.runtime import resolve_device
 __all__ = ["TASKS", "check_task", "evaluate_checkpoint", "fusion_suffix", "result_path",
            "run_task"]
 
-TASKS = ("linear", "fewshot", "finetune", "detection", "invariance", *DENSE_TASKS)
+#: every task of ``betaweighter evaluate --task`` (the sections of ``evaluate``)
+TASKS = task_names()
 Checkpoints = str | os.PathLike | Sequence[str | os.PathLike]
 DEFAULT_IMAGE_SIZE = 224
 
@@ -149,8 +152,7 @@ def evaluate_checkpoint(path_or_run_dir: Checkpoints, task: str,
 def check_task(task: str, options: dict[str, Any]) -> None:
     """Refuse a task section whose data cannot serve `task` (a required split missing, a
     detection source without its keys) before any model is loaded."""
-    if task not in _TASKS:
-        raise ConfigError(f"unknown evaluation task {task!r}; choose one of {tuple(_TASKS)}")
+    _runner(task)
     _check_data(task, options["data"])
 
 
@@ -165,7 +167,7 @@ def run_task(model: Backbone, task: str, options: dict[str, Any], folder: Path,
     _fill_input_defaults(options, model.data_config)
     options["checkpoint"] = checkpoint
     try:
-        return _TASKS[task](model, options, folder, device)
+        return _runner(task)(model, options, folder, device)
     finally:
         options.pop("checkpoint", None)
 
@@ -208,7 +210,7 @@ def _check_data(task: str, data: dict[str, Any]) -> None:
         return
     if task == "invariance":
         return
-    if task in DENSE_TASKS:
+    if task_section(task) in DENSE_TASKS:
         return check_dense_data(task, data)
     if task in ("linear", "fewshot", "finetune") and (data.get("dataset") or data.get("root")):
         folders = [s for s in ("train", "val", "test") if data.get(s)]
@@ -354,5 +356,14 @@ def _load_source(source: dict[str, Any], classes: list[str] | None, on_bad_box: 
                     on_bad_box=on_bad_box, hflip=hflip)
 
 
-_TASKS = {"linear": _linear, "fewshot": _fewshot, "finetune": _finetune,
-          "detection": _detection, **DENSE_TASKS}
+#: The runner of each task but invariance (`run_invariance`), by its section class.
+_RUNNERS = {LinearTask: _linear, FewshotTask: _fewshot, FinetuneTask: _finetune,
+            DetectionTask: _detection, **DENSE_TASKS}
+
+
+def _runner(task: str) -> Any:
+    """The function that runs `task` on a loaded backbone; a ConfigError for another name."""
+    runnable = [t for t in TASKS if task_section(t) in _RUNNERS]
+    if task not in runnable:
+        raise ConfigError(f"unknown evaluation task {task!r}; choose one of {tuple(runnable)}")
+    return _RUNNERS[task_section(task)]

@@ -9,6 +9,7 @@ description).
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,7 +35,7 @@ from betaweighter.weights.base import WEIGHTINGS
 
 __all__ = ["Config", "DataSection", "EvaluateSection", "ExperimentSection", "MetaSection",
            "ModelSection", "PretextSection", "PruningSection", "TrainSection",
-           "WeightsSection"]
+           "WeightsSection", "task_names", "task_section"]
 
 AUGMENT_PRESETS = tuple(PRESETS)
 
@@ -216,6 +217,23 @@ class EvaluateSection:
     segmentation: SegmentationTask = field(default_factory=SegmentationTask)
     instance_segmentation: InstanceSegmentationTask = field(
         default_factory=InstanceSegmentationTask)
+
+
+def task_names() -> tuple[str, ...]:
+    """The transfer tasks of ``betaweighter evaluate --task``: the sections of
+    `EvaluateSection`, where a task is named once (each field that holds a task section)."""
+    return tuple(_task_sections())
+
+
+def task_section(name: str) -> type:
+    """The section class of the transfer task `name` (e.g. `LinearTask` for ``linear``)."""
+    return _task_sections()[name]
+
+
+def _task_sections() -> dict[str, type]:
+    hints = typing.get_type_hints(EvaluateSection)
+    return {f.name: hints[f.name] for f in dataclasses.fields(EvaluateSection)
+            if dataclasses.is_dataclass(hints[f.name])}
 
 
 @dataclass
