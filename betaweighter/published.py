@@ -75,10 +75,11 @@ _LAYOUTS = {
 # nn.Sequential(*resnet.children()[:-1]): index -> torchvision name (2 is ReLU, 3 max-pool)
 _SEQUENTIAL = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3",
                "7": "layer4"}
-_RESNETS = {("basic", (2, 2, 2, 2)): "resnet18", ("basic", (3, 4, 6, 3)): "resnet34",
-            ("bottleneck", (3, 4, 6, 3)): "resnet50",
-            ("bottleneck", (3, 4, 23, 3)): "resnet101",
-            ("bottleneck", (3, 8, 36, 3)): "resnet152"}
+_RESNETS: dict[tuple[str, tuple[int, ...]], str] = {
+    ("basic", (2, 2, 2, 2)): "resnet18", ("basic", (3, 4, 6, 3)): "resnet34",
+    ("bottleneck", (3, 4, 6, 3)): "resnet50",
+    ("bottleneck", (3, 4, 23, 3)): "resnet101",
+    ("bottleneck", (3, 8, 36, 3)): "resnet152"}
 
 
 @dataclass

@@ -184,6 +184,7 @@ def _run_variants(cfg: Config, result: CompareResult, variants: Sequence[str]) -
             with Trainer.start(run_cfg) as trainer:
                 summary = trainer.run()
                 run_dir = trainer.run_dir
+            assert summary is not None  # one process, no stop_after: run() returns it
             rows = RunDir(run_dir).metrics()
             if variant == "bdw":
                 counts = [int(r["decided"] or 0) for r in rows]

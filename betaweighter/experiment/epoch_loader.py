@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader
@@ -74,7 +74,7 @@ class EpochLoader:
         """(the batches of the current epoch from batch `step` on, the sampler, the number
         of batches the epoch has in all, ``train.max_steps_per_epoch`` applied)."""
         loader = self.loader()
-        sampler = loader.sampler.sampler
+        sampler = cast(EpochKeys, loader.sampler).sampler
         sampler.start = step * self.cfg.train.batch_size
         limit = self.cfg.train.max_steps_per_epoch
         total = len(loader) if limit is None else min(len(loader), limit)
@@ -86,4 +86,5 @@ class EpochLoader:
         iterator = getattr(self._loader, "_iterator", None)
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
+            assert self._loader is not None  # it has an iterator
             self._loader._iterator = None

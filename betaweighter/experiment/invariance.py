@@ -11,8 +11,9 @@ on multi-view folders (``object/view.png``).
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -51,7 +52,8 @@ def run_images(checkpoint: Path) -> torch.Tensor:
     cfg = RunDir(run).config()
     splits = run / "splits.json"
     bundle = build_data(cfg, cfg.experiment.seed, splits if splits.is_file() else None)
-    images = torch.stack([torch.as_tensor(bundle.test[i][0]) for i in range(len(bundle.test))])
+    test = bundle.test
+    images = torch.stack([torch.as_tensor(test[i][0]) for i in range(len(cast(Sized, test)))])
     return to_uint8(images, bundle.mean, bundle.std)
 
 

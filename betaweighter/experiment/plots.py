@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -164,7 +164,7 @@ def save_extremes(path: Path, weights: Any, bundle: Any, k: int = GRID_IMAGES) -
     import io
 
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    np.savez_compressed(buffer, **cast(dict[str, Any], arrays))  # numpy stub quirk
     return atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -14,7 +14,7 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, cast
 
 import yaml
 
@@ -172,7 +172,8 @@ def _check_range(value: Any, f: dataclasses.Field, key: str) -> None:
         f.metadata["registry"].get(value)  # a registered name, else one line listing them
     if "range" not in f.metadata or value is None or isinstance(value, str):
         return  # null, or a named choice of a union (pruning.control: cdf)
-    allowed = Range(*f.metadata["range"], min_items=f.metadata.get("min_items", 0))
+    lo, hi, lo_open, hi_open = f.metadata["range"]  # as tasks.span writes it
+    allowed = Range(lo, hi, lo_open, hi_open, min_items=f.metadata.get("min_items", 0))
     found = allowed.problems(value, key)
     if found:
         raise ConfigError(f"config key {found[0][0]!r}: {found[0][1]}")
@@ -195,7 +196,7 @@ def build(cls: type, data: Any, prefix: str) -> Any:
             continue
         key, tp = join(prefix, name), hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = build(tp, data[name], key)
+            kwargs[name] = build(cast(type, tp), data[name], key)  # a type hint: a class
         else:
             value = _coerce(data[name], tp, key)
             _check_range(value, f, key)

@@ -41,7 +41,7 @@ from betaweighter.experiment.rundir import RunDir
 from betaweighter.experiment.suite_report import SuiteReport, write_report
 from betaweighter.experiment.suite_spec import Suite, SuiteModel, SuiteTask, load_suite
 from betaweighter.io import write_json
-from betaweighter.models import load_backbone
+from betaweighter.models import Backbone, load_backbone
 from betaweighter.runtime import progress_disabled, resolve_device
 
 __all__ = ["SuiteRun", "cell_path", "run_suite"]
@@ -109,7 +109,8 @@ def run_suite(suite: str | Path | Suite, output: str | Path | None = None,
                     run.computed.append((m.name, t.name))
                     bar.update(1)
                 del model
-        values, skipped = {}, {}
+        values: dict[tuple[str, str], float | None] = {}
+        skipped: dict[tuple[str, str], str] = {}
         for m in suite.models:
             for t in suite.tasks:
                 cell = _read(cell_path(out, m.name, t.name)) or {}
@@ -122,12 +123,12 @@ def run_suite(suite: str | Path | Suite, output: str | Path | None = None,
     return run
 
 
-def _load(m: SuiteModel, device: torch.device) -> torch.nn.Module:
+def _load(m: SuiteModel, device: torch.device) -> Backbone:
     extra = {k: getattr(m, k) for k in ("format", "arch") if getattr(m, k) is not None}
     return load_backbone(m.path, device, **extra)
 
 
-def _evaluate_cell(model: torch.nn.Module, m: SuiteModel, t: SuiteTask, out: Path,
+def _evaluate_cell(model: Backbone, m: SuiteModel, t: SuiteTask, out: Path,
                    device: torch.device) -> dict[str, Any]:
     checkpoint = resolve_checkpoint(m.path)
     payload: dict[str, Any] = {

@@ -104,7 +104,7 @@ def write_report(out: Path, suite: Suite, values: dict[tuple[str, str], float | 
     skipped = skipped or {}
     models = [m.name for m in suite.models]
     tasks = [t.name for t in suite.tasks]
-    grid = np.array([[math.nan if values.get((m, t)) is None else float(values[m, t])
+    grid = np.array([[math.nan if (v := values.get((m, t))) is None else float(v)
                       for t in tasks] for m in models], dtype=float).reshape(len(models),
                                                                              len(tasks))
     ranks = task_ranks(grid)

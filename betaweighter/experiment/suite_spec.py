@@ -157,6 +157,7 @@ def _task(data: Any, i: int, base: Path) -> SuiteTask:
     protocol = chosen[0]
     name = data.get("name")
     _check_name(name, key)
+    assert isinstance(name, str)  # _check_name refused anything else
     headline = data.get("headline")
     if headline is not None and not isinstance(headline, str):
         raise ConfigError(f"suite key '{key}.headline': expected a string, got {headline!r}")
