@@ -31,7 +31,8 @@ import torchvision.transforms.v2.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from betaweighter.data.transforms import IMAGENET_MEAN, IMAGENET_STD, as_uint8_chw
+from betaweighter.data.input_spec import InputSpec
+from betaweighter.data.transforms import as_uint8_chw
 from betaweighter.errors import ConfigError, DataError
 from betaweighter.evaluate.invariance_table import InvarianceTable
 from betaweighter.evaluate.invariance_transforms import (
@@ -48,7 +49,6 @@ from betaweighter.runtime import eval_mode, module_device, progress_disabled, re
 __all__ = ["ImageSource", "InputConfig", "input_config", "measure_invariance",
            "reference_stats", "to_uint8"]
 
-PAPER_RATIO = 256 / 224  # resize / crop of the paper's evaluation
 
 
 def to_uint8(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -111,18 +111,16 @@ class InputConfig:
 def input_config(model: nn.Module, image_size: int | None = None, resize: int | None = None,
                  mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> InputConfig:
-    """Fill what is not given from the model's ``data_config`` (what it was trained on),
-    else ImageNet's 224 px and statistics. The resize defaults to the paper's 256/224
-    ratio, rounded so that resize - crop is even: the centre crop is then centred exactly,
-    and a flip of the resized image is a flip of the crop."""
-    trained = getattr(model, "data_config", None) or {}
-    crop = int(image_size or trained.get("image_size") or 224)
-    if resize is None:
-        resize = round(crop * PAPER_RATIO)
-        resize += (resize - crop) % 2
-    return InputConfig(crop, int(resize),
-                       mean if mean is not None else trained.get("mean", IMAGENET_MEAN),
-                       std if std is not None else trained.get("std", IMAGENET_STD))
+    """The evaluation input of `model`: what is given, else its ``data_config`` (what it
+    was trained on), else ImageNet's 224 px and statistics (`InputSpec.resolve`); the
+    resize defaults to the paper's 256/224 ratio (`InputSpec.crop_resize`)."""
+    try:
+        spec = InputSpec.resolve(getattr(model, "data_config", None), image_size=image_size,
+                                 mean=mean, std=std, resize=resize)
+    except ValueError as e:
+        raise ConfigError(f"the evaluation input: {e}") from None
+    crop, size = spec.crop_resize()
+    return InputConfig(crop, size, spec.mean, spec.std)
 
 
 class _Embedder:

@@ -25,13 +25,13 @@ import torchvision
 
 from betaweighter.checkpoint import resolve_checkpoint
 from betaweighter.data.detection import DetectionDataset, concat_detection, load_coco, load_voc
+from betaweighter.data.input_spec import InputSpec
 from betaweighter.data.labelled import (
     labelled_folder_splits,
     pooled_folders,
     pooled_transfer,
     transfer_splits,
 )
-from betaweighter.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from betaweighter.errors import ConfigError
 from betaweighter.evaluate.detection import evaluate_detection
 from betaweighter.evaluate.detection_protocols import (
@@ -66,7 +66,6 @@ __all__ = ["TASKS", "check_task", "evaluate_checkpoint", "fusion_suffix", "resul
 #: every task of ``betaweighter evaluate --task`` (the sections of ``evaluate``)
 TASKS = task_names()
 Checkpoints = str | os.PathLike | Sequence[str | os.PathLike]
-DEFAULT_IMAGE_SIZE = 224
 
 
 def _resolve(paths: Checkpoints) -> list[Path]:
@@ -184,15 +183,16 @@ _REFUSED = {
 
 
 def _fill_input_defaults(options: dict[str, Any], data_config: dict[str, Any] | None) -> None:
-    trained = data_config or {}
-    for key, fallback in (("image_size", DEFAULT_IMAGE_SIZE), ("mean", list(IMAGENET_MEAN)),
-                          ("std", list(IMAGENET_STD))):
-        if key in options and options[key] is None:
-            options[key] = trained.get(key, fallback)
-    for key in ("mean", "std"):
-        if options.get(key) is not None and len(options[key]) != 3:
-            raise ConfigError(f"config key 'evaluate.*.{key}': needs 3 values (one per "
-                              f"channel), got {options[key]}")
+    """Complete a task section's ``image_size``, ``mean`` and ``std`` (those it has) from
+    the model's ``data_config`` through `InputSpec.resolve`, which checks them too."""
+    keys = [k for k in ("image_size", "mean", "std") if k in options]
+    if not keys:
+        return
+    try:
+        spec = InputSpec.resolve(data_config, **{k: options[k] for k in keys}).to_dict()
+    except ValueError as e:
+        raise ConfigError(f"config key 'evaluate.*': {e}") from None
+    options.update({k: spec[k] for k in keys})
 
 
 def _check_data(task: str, data: dict[str, Any]) -> None:

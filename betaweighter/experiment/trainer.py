@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from betaweighter import __version__
 from betaweighter.checkpoint import all_rng_states, rng_state, save_checkpoint, set_rng_state
+from betaweighter.data.input_spec import InputSpec
 from betaweighter.errors import CheckpointError, ConfigError, NonFiniteLossError
 from betaweighter.evaluate.features import extract_features
 from betaweighter.evaluate.linear import select_c
@@ -179,8 +180,8 @@ class Trainer:
     def data_config(self) -> dict[str, Any]:
         """The input the backbone is trained on: evaluation defaults read it."""
         b = self.c.bundle
-        return {"dataset": b.name, "image_size": int(b.image_size), "mean": list(b.mean),
-                "std": list(b.std)}
+        return {"dataset": b.name,
+                **InputSpec(int(b.image_size), tuple(b.mean), tuple(b.std)).to_dict()}
 
     # -- state -----------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
