@@ -264,7 +264,7 @@ def _is_config(path: str) -> bool:
     return name in {n for n, _ in shipped_configs()}
 
 
-def _one_line(error: BaseException) -> str:
+def _one_line(error: BaseException | str) -> str:
     return " ".join(str(error).split())
 
 

@@ -191,7 +191,8 @@ def _suite(args: argparse.Namespace) -> int:
     from betaweighter.experiment.suite import run_suite
 
     run = run_suite(args.suite, args.out, args.device)
-    print(run.report.text)
+    if run.report is not None:
+        print(run.report.text)
     print(f"cells: {len(run.computed)} computed, {len(run.reused)} reused from earlier runs",
           file=sys.stderr)
     print(f"files: {run.output} (results.csv, results.json, ranks.md, ranks.csv, "

@@ -284,7 +284,7 @@ def _load_timm(path: Path, arch: str | None) -> Backbone:
     state = _strip_wrappers(next((obj[k] for k in ("state_dict", "model")
                                   if isinstance(obj.get(k), dict)), obj), path)
     expected = net.state_dict()
-    head = str(net.pretrained_cfg.get("classifier") or "fc")
+    head = str(net.pretrained_cfg.get("classifier") or "fc")  # type: ignore[union-attr,operator]
     dropped = sorted(k for k in state if k not in expected and k.startswith(head + "."))
     state = {k: v for k, v in state.items() if k not in dropped}
     problems = _mismatches(expected, state)
@@ -292,7 +292,7 @@ def _load_timm(path: Path, arch: str | None) -> Backbone:
         raise CheckpointError(f"weights file {path} does not fit timm's {arch} "
                               f"({'; '.join(problems)}); check --arch")
     net.load_state_dict(state, strict=True)
-    model = Backbone(net, net.num_features, num_classes=1)
+    model = Backbone(net, int(net.num_features), num_classes=1)  # type: ignore[arg-type]
     cfg = timm.data.resolve_data_config({}, model=net)
     model.data_config = {"image_size": int(cfg["input_size"][-1]),
                          "mean": [float(m) for m in cfg["mean"]],

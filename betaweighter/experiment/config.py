@@ -152,7 +152,7 @@ def _resolve_paths(data: dict, base: Path) -> None:
 
     for key in path_keys():
         *parents, last = key.split(".")
-        node = data
+        node: Any = data
         for k in parents:
             node = node.get(k) if isinstance(node, dict) else None
         if isinstance(node, dict) and last in node:

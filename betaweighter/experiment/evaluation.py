@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import sklearn
@@ -69,8 +69,9 @@ Checkpoints = str | os.PathLike | Sequence[str | os.PathLike]
 
 
 def _resolve(paths: Checkpoints) -> list[Path]:
-    many = not isinstance(paths, (str, os.PathLike))
-    found = [resolve_checkpoint(p) for p in (paths if many else [paths])]
+    given: list[str | os.PathLike] = ([paths] if isinstance(paths, (str, os.PathLike))
+                                      else list(paths))
+    found = [resolve_checkpoint(Path(p)) for p in given]
     if not found:
         raise ConfigError("no checkpoint given: pass a checkpoint file or a run directory")
     return found
@@ -127,14 +128,15 @@ def evaluate_checkpoint(path_or_run_dir: Checkpoints, task: str,
     device = resolve_device(device, key="--device")
     start = time.perf_counter()
     members = [load_backbone(c, device, format=format, arch=arch) for c in checkpoints]
-    model = members[0] if len(members) == 1 else FusedBackbone(members, fuse_mode)
+    model: Backbone = (members[0] if len(members) == 1  # a fusion acts as one backbone
+                       else cast(Backbone, FusedBackbone(members, fuse_mode)))
     _fill_input_defaults(options, model.data_config)
     folder = output_folder(checkpoints[0].parent)  # the user cache when read-only
     if task == "invariance":
         result = run_invariance(model, options, folder, device, checkpoints[0], suffix)
     else:
         result = run_task(model, task, options, folder, device, checkpoints[0])
-    payload = {
+    payload: dict[str, Any] = {
         "task": task, "checkpoint": str(checkpoints[0]), "result": result, "config": options,
         "source": members[0].source if len(members) == 1 else [m.source for m in members],
         "device": str(device), "seconds": time.perf_counter() - start,
@@ -333,7 +335,7 @@ def _detection(model: Backbone, o: dict[str, Any], folder: Path,
 
 def _check_source(source: Any, key: str) -> None:
     fmt = source.get("format") if isinstance(source, dict) else None
-    needed = {"coco": ("images", "annotations"), "voc": ("root",)}.get(fmt)
+    needed = {"coco": ("images", "annotations"), "voc": ("root",)}.get(str(fmt))
     if needed is None:
         raise ConfigError(f"config key '{key}': each source needs format: coco or voc, got "
                           f"{source!r}")

@@ -133,12 +133,14 @@ class PrototypicalLoss(MetaObjective):
         return self
 
     def _episode(self, k: int) -> np.ndarray:
+        assert self.sampler is not None  # made by `bind`, which __call__ checks
         support, query, _ = self.sampler.sample(k, stream=world()[1])
         return np.concatenate([support, query])
 
     def __call__(self, model: Any) -> Tensor:
         self._check_bound()
         k = self.calls
+        assert self._loader is not None  # made by `bind`
         x, _ = self._loader.get(k, self._episode(k))
         self.calls += 1
         if self.prefetch:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 
@@ -53,7 +53,7 @@ class Pretext(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """The backbone's embedding (what meta objectives and evaluators use)."""
-        return self.backbone.features(x)
+        return cast(Tensor, self.backbone.features(x))  # type: ignore[operator]
 
     def after_step(self) -> None:
         """Update what the task keeps outside the gradient (after ``optimizer.step()``)."""
