@@ -22,11 +22,12 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from betaweighter.data.options import Range, integer
 from betaweighter.meta import checks, gradients
 from betaweighter.meta import distributed as dist
 from betaweighter.meta.objectives import MetaObjective
@@ -97,6 +98,11 @@ class MetaWeighter:
     weighting: `backward` is then an ordinary backward of the mean loss, with no meta step
     and no weights, at the cost of a plain step.
     """
+
+    #: The allowed values of the numeric arguments, declared beside the signature whose
+    #: defaults they go with; the config schema's ``meta.*`` keys copy both.
+    ranges: ClassVar[dict[str, Range]] = {"every": integer(1), "inner_steps": integer(1),
+                                          "direction_decay": Range(0, 1, hi_open=True)}
 
     def __init__(
         self,

@@ -30,11 +30,12 @@ weighting network) are always stepped densely.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from betaweighter.data.options import Range
 from betaweighter.weights.base import LearnedWeights
 
 __all__ = ["DEFAULT_LR", "KINDS", "WeightOptimizer"]
@@ -60,26 +61,30 @@ class WeightOptimizer:
     Pass it to `MetaWeighter(weight_optimizer=...)`, which binds it to the weights.
     """
 
+    #: The allowed values of the numeric arguments, declared once: the constructor checks
+    #: them, and the config schema's ``meta.weight_*`` keys copy them (with the defaults of
+    #: the signature). `betas` is checked on its own (a pair).
+    ranges: ClassVar[dict[str, Range]] = {
+        "lr": Range(0, lo_open=True), "momentum": Range(0, 1, hi_open=True),
+        "eps": Range(0, lo_open=True), "rms_decay": Range(0, 1, hi_open=True),
+        "max_grad_norm": Range(0, lo_open=True)}
+
     def __init__(self, kind: str = "sgd", lr: float = DEFAULT_LR, *, momentum: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  normalise: bool = True, rms_decay: float = 0.99, dense: bool = False,
                  max_grad_norm: float | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"weight optimizer kind must be one of {KINDS}, got {kind!r}")
-        checks = {
-            "lr": lr > 0 and math.isfinite(lr),
-            "momentum": 0 <= momentum < 1,
-            "betas": len(betas) == 2 and all(0 <= b < 1 for b in betas),
-            "eps": eps > 0 and math.isfinite(eps),
-            "rms_decay": 0 <= rms_decay < 1,
-            "max_grad_norm": max_grad_norm is None or (max_grad_norm > 0
-                                                       and math.isfinite(max_grad_norm)),
-        }
-        bad = [k for k, ok in checks.items() if not ok]
+        given = {"lr": lr, "momentum": momentum, "eps": eps, "rms_decay": rms_decay,
+                 "max_grad_norm": max_grad_norm}
+        bad = [k for k, v in given.items()
+               if v is not None and self.ranges[k].problem(_plain(v)) is not None]
+        if not (len(betas) == 2 and all(0 <= b < 1 for b in betas)):
+            bad.append("betas")
         if bad:
-            raise ValueError(f"invalid weight optimizer settings {bad}: need lr > 0, "
-                             "0 <= momentum < 1, 0 <= betas < 1, eps > 0, 0 <= rms_decay < 1, "
-                             "max_grad_norm > 0 or None (all finite)")
+            need = ", ".join(f"{k} in {r.describe()}" for k, r in self.ranges.items())
+            raise ValueError(f"invalid weight optimizer settings {bad}: need {need} (all "
+                             "finite; max_grad_norm may be None), betas a pair in [0, 1)")
         self.kind, self.lr = kind, float(lr)
         self.momentum, self.betas, self.eps = float(momentum), (float(betas[0]),
                                                                 float(betas[1])), float(eps)
@@ -237,3 +242,10 @@ class WeightOptimizer:
                        for n, s in state["rows"].items()}
         if self._dense_opt is not None and state.get("dense_opt") is not None:
             self._dense_opt.load_state_dict(state["dense_opt"])
+
+
+def _plain(value: Any) -> Any:
+    """A Python number from a numpy or 0-d torch scalar (what the range check reads)."""
+    if hasattr(value, "item") and not isinstance(value, (int, float)):
+        return value.item()
+    return value
