@@ -27,7 +27,13 @@ from betaweighter.pretext.base import PRETEXTS, Pretext
 from betaweighter.pretext.rpn import RPNPretext, resnet_model_config
 from betaweighter.pretext.twoview import TwoViewPretext
 from betaweighter.pretext.views import simclr_view
-from betaweighter.pruning import PruningScheduler
+from betaweighter.pruning import (
+    CONTROL_RULES,
+    PRUNING_RULES,
+    MatchedRule,
+    PruningSchedule,
+    PruningScheduler,
+)
 from betaweighter.runtime import resolve_device, world
 from betaweighter.weights.base import WEIGHTINGS, InstanceWeights
 
@@ -281,16 +287,38 @@ def build_meta(cfg: Config, model: nn.Module, weights: InstanceWeights,
 
 
 def build_pruner(cfg: Config, weights: InstanceWeights, in_domain: Any) -> PruningScheduler:
+    """The scheduler of ``pruning``: the registered rule `pruning.rule` with the section's
+    keys its fields name (and ``pruning.options``), a `PruningSchedule` of the others."""
     p = cfg.pruning
+    options = dict(p.options)
     try:
-        return PruningScheduler(
-            weights, p.rule, epsilon=p.epsilon, delta=p.delta, quantile=p.quantile,
-            keep=p.keep, score_epochs=p.score_epochs, control=p.control, warmup=p.warmup,
-            every=p.every, max_fraction=p.max_fraction,
-            soft=p.soft, skip_prob=p.skip_prob, total_epochs=cfg.train.epochs,
-            anneal_epochs=p.anneal_epochs, seed=cfg.experiment.seed, in_domain=in_domain)
+        rule = _pruning_rule(p, PRUNING_RULES.get(p.rule).obj, options)
+        if options:
+            raise TypeError(f"rule {p.rule!r} has no options {sorted(options)}")
+        schedule = PruningSchedule(**{f.name: getattr(p, f.name)
+                                      for f in dataclasses.fields(PruningSchedule)})
+        return PruningScheduler(weights, rule, schedule, total_epochs=cfg.train.epochs,
+                                seed=cfg.experiment.seed, in_domain=in_domain)
+    except TypeError as e:
+        raise ConfigError(f"config key 'pruning.options': {e}") from None
     except ValueError as e:
         raise ConfigError(f"config section 'pruning': {e}") from None
+
+
+def _pruning_rule(p: Any, cls: type, options: dict[str, Any]) -> Any:
+    """An instance of rule class `cls` from the section `p`: each field from the key of
+    its name, or from `options` (taken out of it); a control named by ``pruning.control``
+    is built alike."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in options:
+            kwargs[f.name] = options.pop(f.name)
+        elif hasattr(p, f.name):
+            kwargs[f.name] = getattr(p, f.name)
+        if issubclass(cls, MatchedRule) and f.name == "control" and isinstance(
+                kwargs.get(f.name), str):
+            kwargs[f.name] = _pruning_rule(p, CONTROL_RULES.get(kwargs[f.name]).obj, options)
+    return cls(**kwargs)
 
 
 def _check_depth(cfg: Config, image_size: int) -> None:

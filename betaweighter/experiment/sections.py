@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from betaweighter.data.sources import DATA_SOURCES
 from betaweighter.experiment.loggers import LOGGERS
+from betaweighter.experiment.mirror import mirror, mirror_arg
 from betaweighter.experiment.tasks import (
     PATH,
     SEED,
@@ -28,10 +29,23 @@ from betaweighter.experiment.tasks import (
     span,
 )
 from betaweighter.meta.objectives import OBJECTIVES
+from betaweighter.meta.weighter import DIRECTIONS, META_GRADIENTS, MetaWeighter
 from betaweighter.models import MODELS
 from betaweighter.pretext.augment import AUGMENTATIONS, PRESETS
 from betaweighter.pretext.base import PRETEXTS
+from betaweighter.pruning import (
+    CONTROL_RULES,
+    PRUNING_RULES,
+    BudgetRule,
+    CDFRule,
+    MatchedRule,
+    PruningSchedule,
+    PruningScheduler,
+    QuantileRule,
+)
 from betaweighter.weights.base import WEIGHTINGS
+from betaweighter.weights.optimizer import KINDS as WEIGHT_OPTIMIZERS
+from betaweighter.weights.optimizer import WeightOptimizer
 
 __all__ = ["Config", "DataSection", "EvaluateSection", "ExperimentSection", "MetaSection",
            "ModelSection", "PretextSection", "PruningSection", "TrainSection",
@@ -128,53 +142,61 @@ class MetaSection:
     way: int = field(default=10, metadata=_range(2))
     shot: int = field(default=10, metadata=_range(1))
     query: int = field(default=10, metadata=_range(1))
+    # The keys from meta_gradient to shuffle_meta_gradients are MetaWeighter's arguments,
+    # with its defaults and declared ranges (MetaWeighter.ranges).
     # one_sided: one extra no-grad forward against the training losses (the cheapest)
-    meta_gradient: Literal["auto", "forward", "finite_difference", "one_sided",
-                           "double_backward", "higher"] = "auto"
-    every: int = field(default=1, metadata=_range(1))
+    meta_gradient: Literal[META_GRADIENTS] = mirror_arg(  # type: ignore[valid-type]
+        MetaWeighter, "meta_gradient")
+    # run the labelled episode (the meta objective) on every k-th batch only
+    every: int = mirror_arg(MetaWeighter, "every")
     # fresh: each weight update uses its own episode's direction (the paper); running: a
     # moving average of the episodes' directions updates the weights of every batch
-    direction: Literal["fresh", "running"] = "fresh"
-    direction_decay: float = field(default=0.9, metadata=_range(0, 1, hi_open=True))
-    inner_steps: int = field(default=1, metadata=_range(1))
+    direction: Literal[DIRECTIONS] = mirror_arg(  # type: ignore[valid-type]
+        MetaWeighter, "direction")
+    direction_decay: float = mirror_arg(MetaWeighter, "direction_decay")
+    inner_steps: int = mirror_arg(MetaWeighter, "inner_steps")
     # divide the weighted loss by the sum of the weights: weights then change which data
     # teaches, not how fast the model learns, and their meta-gradients compete
-    normalise: bool = False
+    normalise: bool = mirror_arg(MetaWeighter, "normalise")
     # the shuffled control: meta-gradients permuted across each batch's instances
-    shuffle_meta_gradients: bool = False
-    # The weight optimiser (betaweighter.WeightOptimizer): scale-free by default
+    shuffle_meta_gradients: bool = mirror_arg(MetaWeighter, "shuffle_meta_gradients")
+    # The weight optimiser (betaweighter.WeightOptimizer: kind, lr, momentum, normalise,
+    # rms_decay, dense, with its defaults and declared ranges): scale-free by default
     # (weight_normalise), so weight_lr is the movement per meta update of a typical signal.
-    weight_optimizer: Literal["sgd", "adam"] = "sgd"
-    weight_lr: float = field(default=0.1, metadata=_range(0, lo_open=True))
-    weight_momentum: float = field(default=0.0, metadata=_range(0, 1, hi_open=True))
-    weight_normalise: bool = True
-    weight_rms_decay: float = field(default=0.99, metadata=_range(0, 1, hi_open=True))
-    dense_weight_updates: bool = False
+    weight_optimizer: Literal[WEIGHT_OPTIMIZERS] = mirror_arg(  # type: ignore[valid-type]
+        WeightOptimizer, "kind")
+    weight_lr: float = mirror_arg(WeightOptimizer, "lr")
+    weight_momentum: float = mirror_arg(WeightOptimizer, "momentum")
+    weight_normalise: bool = mirror_arg(WeightOptimizer, "normalise")
+    weight_rms_decay: float = mirror_arg(WeightOptimizer, "rms_decay")
+    # reference-compatible updates: momentum over all rows at every step (the paper's code)
+    dense_weight_updates: bool = mirror_arg(WeightOptimizer, "dense")
 
 
 @dataclass
 class PruningSection:
     enabled: bool = False
-    # budget: keep the fraction `keep`, chosen by the weights at the end of `score_epochs`
-    rule: Literal["cdf", "threshold", "quantile", "budget", "random", "lowest"] = "cdf"
-    epsilon: float = field(default=0.1, metadata=_range(0, 1))
-    delta: float = field(default=0.5, metadata=_range(0, 1, hi_open=True))
-    quantile: float = field(default=0.1, metadata=_range(0, 1, hi_open=True))
-    keep: float = field(default=0.5, metadata=_range(0, 1, lo_open=True))
-    # after this many epochs, stop learning the weights and train plainly on what is kept
-    # (the budget rule decides then); null: learn them throughout
-    score_epochs: int | None = field(default=None, metadata=_range(1))
-    # rule=random (lowest) prunes as many as this rule would, chosen at random (the
-    # lowest-weight first): the controls; a list of per-epoch counts (e.g. copied from
-    # another run's metrics.csv) matches that run.
-    control: Literal["cdf", "threshold", "quantile", "budget"] | list[int] = field(
-        default="cdf", metadata=_range(0))
-    warmup: int = field(default=0, metadata=_range(0))
-    every: int = field(default=1, metadata=_range(1))
-    max_fraction: float = field(default=1.0, metadata=_range(0, 1))
-    soft: bool = False
-    skip_prob: float = field(default=0.5, metadata=_range(0, 1, hi_open=True))
-    anneal_epochs: int | None = field(default=None, metadata=_range(0))
+    # A registered pruning rule (betaweighter.pruning.PRUNING_RULES; budget: keep the
+    # fraction `keep`, chosen by the weights at the end of `score_epochs`), or one
+    # registered by experiment.imports. The keys below copy the defaults, ranges and help
+    # of the rules' and of PruningSchedule's fields, where they are declared.
+    rule: str = mirror_arg(PruningScheduler, "rule", registry=PRUNING_RULES)
+    epsilon: float = mirror(CDFRule, "epsilon")
+    delta: float = mirror(CDFRule, "delta")
+    quantile: float = mirror(QuantileRule, "quantile")
+    keep: float = mirror(BudgetRule, "keep")
+    score_epochs: int | None = mirror(PruningSchedule, "score_epochs")
+    # the controls (rule random, lowest): a list of counts is e.g. copied from another
+    # run's metrics.csv (decided_count)
+    control: str | list[int] = mirror(MatchedRule, "control", registry=CONTROL_RULES)
+    warmup: int = mirror(PruningSchedule, "warmup")
+    every: int = mirror(PruningSchedule, "every")
+    max_fraction: float = mirror(PruningSchedule, "max_fraction")
+    soft: bool = mirror(PruningSchedule, "soft")
+    skip_prob: float = mirror(PruningSchedule, "skip_prob")
+    anneal_epochs: int | None = mirror(PruningSchedule, "anneal_epochs")
+    # Options of a rule of your own that no key above names (checked against its fields).
+    options: dict = field(default_factory=dict)
 
 
 @dataclass

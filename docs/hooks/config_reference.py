@@ -2,7 +2,8 @@
 
 Each section of `betaweighter.experiment.sections.Config` becomes a table of its keys: the
 type, the default, the checked range or the registered names, and the comment written
-above the field in the source (the only place a key is described).
+above the field in the source, then the ``help`` line of its metadata (an option that a
+component declares and the field mirrors: described where it is declared).
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def _section(cls: type, prefix: str, rows: list[str], subsections: list[tuple]) 
         if dataclasses.is_dataclass(tp):
             subsections.append((tp, key))
             continue
-        text = " ".join(x for x in (notes.get(f.name, ""), _checks(f)) if x)
+        help_line = f.metadata.get("help", "")  # a mirrored option's own help line
+        text = " ".join(x for x in (notes.get(f.name, ""), help_line, _checks(f)) if x)
         rows.append(f"| `{key}` | `{_type(tp)}` | {_default(f)} | {text.replace('|', '/')} |")
 
 
