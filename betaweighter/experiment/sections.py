@@ -186,8 +186,6 @@ class PruningSection:
     quantile: float = mirror(QuantileRule, "quantile")
     keep: float = mirror(BudgetRule, "keep")
     score_epochs: int | None = mirror(PruningSchedule, "score_epochs")
-    # the controls (rule random, lowest): a list of counts is e.g. copied from another
-    # run's metrics.csv (decided_count)
     control: str | list[int] = mirror(MatchedRule, "control", registry=CONTROL_RULES)
     warmup: int = mirror(PruningSchedule, "warmup")
     every: int = mirror(PruningSchedule, "every")
