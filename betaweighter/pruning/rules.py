@@ -46,7 +46,7 @@ def register_pruning_rule(name: str, **meta: Any) -> Callable[[R], R]:
     value, saved with the scheduler's state)."""
 
     def decorate(cls: R) -> R:
-        cls.name = name
+        cls.name = name  # type: ignore[attr-defined]
         return PRUNING_RULES.register(name, **meta)(cls)
 
     return decorate
