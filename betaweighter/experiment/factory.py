@@ -27,13 +27,8 @@ from betaweighter.pretext.base import PRETEXTS, Pretext
 from betaweighter.pretext.rpn import RPNPretext, resnet_model_config
 from betaweighter.pretext.twoview import TwoViewPretext
 from betaweighter.pretext.views import simclr_view
-from betaweighter.pruning import (
-    CONTROL_RULES,
-    PRUNING_RULES,
-    MatchedRule,
-    PruningSchedule,
-    PruningScheduler,
-)
+from betaweighter.pruning import PruningSchedule, PruningScheduler
+from betaweighter.pruning.rules import build_rule
 from betaweighter.runtime import resolve_device, world
 from betaweighter.weights.base import WEIGHTINGS, InstanceWeights
 
@@ -292,7 +287,7 @@ def build_pruner(cfg: Config, weights: InstanceWeights, in_domain: Any) -> Pruni
     p = cfg.pruning
     options = dict(p.options)
     try:
-        rule = _pruning_rule(p, PRUNING_RULES.get(p.rule).obj, options)
+        rule = build_rule(p.rule, vars(p), options)
         if options:
             raise TypeError(f"rule {p.rule!r} has no options {sorted(options)}")
         schedule = PruningSchedule(**{f.name: getattr(p, f.name)
@@ -303,22 +298,6 @@ def build_pruner(cfg: Config, weights: InstanceWeights, in_domain: Any) -> Pruni
         raise ConfigError(f"config key 'pruning.options': {e}") from None
     except ValueError as e:
         raise ConfigError(f"config section 'pruning': {e}") from None
-
-
-def _pruning_rule(p: Any, cls: type, options: dict[str, Any]) -> Any:
-    """An instance of rule class `cls` from the section `p`: each field from the key of
-    its name, or from `options` (taken out of it); a control named by ``pruning.control``
-    is built alike."""
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in options:
-            kwargs[f.name] = options.pop(f.name)
-        elif hasattr(p, f.name):
-            kwargs[f.name] = getattr(p, f.name)
-        if issubclass(cls, MatchedRule) and f.name == "control" and isinstance(
-                kwargs.get(f.name), str):
-            kwargs[f.name] = _pruning_rule(p, CONTROL_RULES.get(kwargs[f.name]).obj, options)
-    return cls(**kwargs)
 
 
 def _check_depth(cfg: Config, image_size: int) -> None:

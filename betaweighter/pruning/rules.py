@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -30,7 +30,7 @@ from betaweighter.weights.base import InstanceWeights
 
 __all__ = ["CONTROL_RULES", "PRUNING_RULES", "BudgetRule", "CDFRule", "Candidates",
            "LowestRule", "MatchedRule", "PruningRule", "QuantileRule", "RandomRule",
-           "ThresholdRule", "register_pruning_rule", "rule_options"]
+           "ThresholdRule", "build_rule", "register_pruning_rule", "rule_options"]
 
 #: Every pruning rule by its ``pruning.rule`` name.
 PRUNING_RULES = Registry("pruning rule", "pruning.rule", decorator="register_pruning_rule")
@@ -262,6 +262,25 @@ class _ControlRules:
 
 #: The rules ``pruning.control`` may name.
 CONTROL_RULES = _ControlRules()
+
+
+def build_rule(name: str | type, values: Mapping[str, Any], options: dict[str, Any]
+               ) -> PruningRule:
+    """The registered rule `name` (or rule class), each field taken from `options`
+    (removed from it: what is left was not a field) or else from `values` (a config
+    section's keys); a control named by ``values["control"]`` is built alike. Fields found
+    in neither keep their defaults."""
+    cls = PRUNING_RULES.get(name).obj if isinstance(name, str) else name
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in options:
+            kwargs[f.name] = options.pop(f.name)
+        elif f.name in values:
+            kwargs[f.name] = values[f.name]
+        if issubclass(cls, MatchedRule) and f.name == "control" and isinstance(
+                kwargs.get(f.name), str):
+            kwargs[f.name] = build_rule(CONTROL_RULES.get(kwargs[f.name]).obj, values, options)
+    return cls(**kwargs)
 
 
 def rule_options(rule: PruningRule) -> dict[str, Any]:
