@@ -106,6 +106,7 @@ def _backbone(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
 def _init_backbone(cfg: Config) -> Backbone:
     """The backbone of ``pretext.init``, read in the layout ``pretext.init_format``."""
     try:
+        assert cfg.pretext.init is not None  # the callers check it
         return load_backbone(cfg.pretext.init, "cpu", format=cfg.pretext.init_format)
     except CheckpointError as err:
         if "unknown checkpoint format" in str(err):
@@ -381,7 +382,7 @@ def build(cfg: Config, splits: Any = None) -> Components:
             pretext, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(cfg, pretext)
     scheduler = build_scheduler(cfg, optimizer)
-    weights = build_weights(cfg, len(bundle.pool)).to(device)
+    weights = build_weights(cfg, len(bundle.pool)).to(device)  # type: ignore[arg-type]
     start = time.perf_counter()  # NN-Weighter distances, clusters; others do nothing
     weights.fit(bundle.pool, bundle.target_train, pretext)
     fit_seconds = time.perf_counter() - start

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -136,9 +136,11 @@ class MetaWeighter:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-        for name, value in (("every", every), ("inner_steps", inner_steps)):
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        given = {"every": every, "inner_steps": inner_steps, "direction_decay": direction_decay}
+        for name, allowed in self.ranges.items():  # the one declaration of each range
+            problem = allowed.problem(given[name])
+            if problem is not None:
+                raise ValueError(f"MetaWeighter {name}: {problem}")
         self.model = model
         self.module = dist.unwrap(model)
         self.weights = weights
@@ -160,7 +162,7 @@ class MetaWeighter:
                 raise TypeError("target= was given but the objective is a plain callable "
                                 "that cannot take it; close over your target data in the "
                                 "callable instead")
-            objective.bind(target)
+            cast(Any, objective).bind(target)
         elif (self.needs_meta and isinstance(objective, MetaObjective)
               and objective.dataset is None):
             raise ValueError(f"{type(objective).__name__} needs labelled target data: pass "
@@ -168,7 +170,8 @@ class MetaWeighter:
         self.objective = objective
         self.weight_optimizer = None
         if self.learned:
-            self.weight_optimizer = (weight_optimizer or WeightOptimizer()).bind(weights)
+            self.weight_optimizer = (weight_optimizer or WeightOptimizer()).bind(
+                cast(LearnedWeights, weights))
         self.calls = 0
         self.meta_steps = 0  # weight updates
         self.episodes = 0  # meta objective evaluations
@@ -198,7 +201,7 @@ class MetaWeighter:
         padding): each occurrence is weighted and trained on as its own rows, and the
         meta-gradients of the occurrences are summed into the instance's parameters, as
         the chain rule says for one parameter used twice; it counts as one visit."""
-        idx = self.weights._rows(torch.as_tensor(indices))
+        idx = cast(Tensor, self.weights._rows(torch.as_tensor(indices)))
         n_rows = checks.batch_size(x)
         copies = checks.copies_per_instance(copies, n_rows, idx.numel())
         if self.plain:
@@ -222,7 +225,7 @@ class MetaWeighter:
         w = None
         if self.learned:
             with torch.set_grad_enabled(meta_now):  # no graph to the weights between updates
-                w = self.weights.sample(idx, inst_losses)
+                w = cast(LearnedWeights, self.weights).sample(idx, inst_losses)
             self._observe(idx, inst_losses)
             w_real = w.detach()
         else:
@@ -235,6 +238,7 @@ class MetaWeighter:
         keep = meta_now and self.learned and self.meta_gradient == "double_backward"
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward(retain_graph=keep)
         if meta_now and self.learned:
+            assert w is not None  # sampled above for learned weights
             self._meta_update(batch, w, idx, before, episode_now)
         if saved is not None:
             with torch.no_grad():
@@ -272,13 +276,13 @@ class MetaWeighter:
             self.last_meta_loss = float(meta)
         gathered, own = dist.all_gather_rows(
             idx, inst_losses, *(() if meta_grad is None else (meta_grad,)))
-        w_all = self.weights.weights(gathered[0], gathered[1], step=step,
+        w_all = cast(WeightRule, self.weights).weights(gathered[0], gathered[1], step=step,
                                      meta_grad=gathered[2] if meta_grad is not None else None)
         return w_all[own]
 
     def _observe(self, idx: Tensor, inst_losses: Tensor) -> None:
         gathered, _ = dist.all_gather_rows(idx, inst_losses)
-        self.weights.observe(*gathered)
+        cast(LearnedWeights, self.weights).observe(*gathered)
 
     def _meta_update(self, batch: gradients.Batch, w: Tensor, idx: Tensor,
                      before: dict[str, Tensor | None], episode: bool = True) -> None:
@@ -287,7 +291,8 @@ class MetaWeighter:
         for n, p in self.module.named_parameters():
             if n not in self.vopt.tensors or p.grad is None:
                 continue
-            g = p.grad.detach() if before[n] is None else p.grad.detach() - before[n]
+            earlier = before[n]
+            g = p.grad.detach() if earlier is None else p.grad.detach() - earlier
             grads[n] = g.float() / scale if scale != 1.0 else g
         finite = torch.tensor(all(bool(torch.isfinite(g).all()) for g in grads.values()),
                               dtype=torch.float32, device=batch.losses.device)
@@ -300,12 +305,14 @@ class MetaWeighter:
             gen = torch.Generator().manual_seed(self.calls)
             g_w = g_w[torch.randperm(g_w.numel(), generator=gen).to(g_w.device)]
         replicas = self._replicas()
-        reg = self.weights.regulariser(idx) / replicas
+        reg = cast(LearnedWeights, self.weights).regulariser(idx) / replicas
         torch.autograd.backward([w, reg] if reg.requires_grad else [w],
                                 [g_w.detach().to(w.dtype)] + ([torch.ones_like(reg)]
                                                               if reg.requires_grad else []))
-        step_rows = dist.sum_weight_grads(self.weights, idx, self.weight_optimizer.dense)
-        self.weight_optimizer.step(step_rows)
+        optimizer = self.weight_optimizer
+        assert optimizer is not None  # made for learned weights
+        step_rows = dist.sum_weight_grads(self.weights, idx, optimizer.dense)
+        optimizer.step(step_rows)
         self.meta_steps += 1
         if episode:
             self.episodes += 1
@@ -316,13 +323,15 @@ class MetaWeighter:
         """dM/dw per instance of this rank's batch, and M (averaged over ranks; NaN when no
         episode ran because a running direction was reused)."""
         method = self.meta_gradient
+        objective = self.objective
+        assert objective is not None  # check_combination requires one for a meta-gradient
         if method == "double_backward":
             w_graph = w if w.requires_grad else w.detach().requires_grad_()
-            return gradients.double_backward(batch, self.vopt, w_graph, self.objective,
+            return gradients.double_backward(batch, self.vopt, w_graph, objective,
                                              self.inner_steps)
         if method == "higher":
             w_graph = w if w.requires_grad else w.detach().requires_grad_()
-            return gradients.through_higher(batch, self.optimizer, w_graph, self.objective,
+            return gradients.through_higher(batch, self.optimizer, w_graph, objective,
                                             self.inner_steps)
         theta = {n: p.detach() for n, p in self.module.named_parameters()}
         names = [n for n in self.vopt.tensors if n in grads]
@@ -331,7 +340,7 @@ class MetaWeighter:
         if episode or self.running.empty:
             stepped, _ = self.vopt.step(theta, {n: grads[n] for n in names}, state)
             with self._autocast():
-                v, meta = gradients.meta_direction(self.module, stepped, names, self.objective)
+                v, meta = gradients.meta_direction(self.module, stepped, names, objective)
             meta = meta.float().clone()
             dist.average_([*v.values(), meta])
             if self.direction == "running":
@@ -364,7 +373,7 @@ class MetaWeighter:
             "skipped_meta_steps": self.skipped_meta_steps,
             "weight_optimizer": None if self.weight_optimizer is None
             else self.weight_optimizer.state_dict(),
-            "objective": self.objective.state_dict()
+            "objective": cast(Any, self.objective).state_dict()
             if hasattr(self.objective, "state_dict") else None,
             "running_direction": self.running.state_dict(),
         }
@@ -377,6 +386,6 @@ class MetaWeighter:
         if self.weight_optimizer is not None and state.get("weight_optimizer") is not None:
             self.weight_optimizer.load_state_dict(state["weight_optimizer"])
         if state.get("objective") is not None and hasattr(self.objective, "load_state_dict"):
-            self.objective.load_state_dict(state["objective"])
+            cast(Any, self.objective).load_state_dict(state["objective"])
         self.running.load_state_dict(state.get("running_direction"),
                                      dict(self.module.named_parameters()))

@@ -157,9 +157,9 @@ class WeightOptimizer:
         rows = torch.unique(torch.as_tensor(indices, device=weights.device).long())
         params = [p for p in self.parameters() if p.grad is not None]
         for p in params:
-            if not torch.isfinite(p.grad).all():
+            if not torch.isfinite(_grad(p)).all():
                 self.nonfinite_steps += 1
-                torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+                torch.nan_to_num_(_grad(p), nan=0.0, posinf=0.0, neginf=0.0)
         if self.normalise and params:
             self._normalise(params, rows)
         if self.max_grad_norm is not None and params:
@@ -179,7 +179,7 @@ class WeightOptimizer:
         total, count = 0.0, 0
         row_ids = {id(p) for p in self._row_params.values()}
         for p in params:
-            g = p.grad[rows] if id(p) in row_ids else p.grad
+            g = _grad(p)[rows] if id(p) in row_ids else _grad(p)
             total += float(g.double().pow(2).sum())
             count += g.numel()
         self._rms_sum = self.rms_decay * self._rms_sum + (1 - self.rms_decay) * total / count
@@ -187,10 +187,10 @@ class WeightOptimizer:
         scale = self.scale
         if scale > 0:
             for p in params:
-                p.grad.div_(scale)
+                _grad(p).div_(scale)
 
     def _row_step(self, name: str, p: Tensor, rows: Tensor) -> None:
-        g = p.grad[rows]
+        g = _grad(p)[rows]
         state = self._state.setdefault(name, {})
         if self.kind == "sgd":
             if self.momentum != 0.0:
@@ -249,3 +249,9 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "item") and not isinstance(value, (int, float)):
         return value.item()
     return value
+
+
+def _grad(p: Tensor) -> Tensor:
+    """`p`'s gradient, which the caller has checked is there."""
+    assert p.grad is not None
+    return p.grad

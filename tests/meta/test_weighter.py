@@ -259,7 +259,10 @@ def test_bad_combinations_fail_at_construction():
     fails(ValueError, "precision must be one of", precision="fp8")
     fails(ValueError, "needs a GradScaler", precision="fp16")
     fails(ValueError, "full precision only", precision="bf16", meta_gradient="double_backward")
-    fails(ValueError, "every must be an integer", every=0)
+    fails(ValueError, r"MetaWeighter every: 0 is out of range \[1, inf\)", every=0)
+    fails(ValueError, r"MetaWeighter inner_steps: expected an integer", inner_steps=1.5)
+    fails(ValueError, r"MetaWeighter direction_decay: 1 is out of range \[0, 1\)",
+          direction_decay=1)
     fails(ValueError, "needs every=1", weights=bw.L2RW(N), every=2)
     fails(ValueError, "normalise=False", weights=bw.L2RW(N), normalise=True)
     fails(ValueError, "nothing to optimise", weights=bw.UniformWeights(N),
