@@ -18,6 +18,7 @@ from betaweighter import data as bwdata
 from betaweighter.data.sources import DATA_SOURCES
 from betaweighter.errors import BetaweighterError, CheckpointError, ConfigError
 from betaweighter.experiment.config import Config
+from betaweighter.experiment.optimizers import OPTIMIZERS, SCHEDULES
 from betaweighter.meta.distributed import unwrap as dist_unwrap
 from betaweighter.meta.objectives import OBJECTIVES
 from betaweighter.meta.weighter import MetaWeighter
@@ -229,24 +230,14 @@ def build_weights(cfg: Config, num_instances: int) -> InstanceWeights:
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    t = cfg.train
+    """The optimiser ``train.optimizer`` names, over the model's trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    if t.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum,
-                                   weight_decay=t.weight_decay)
-    cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+    return OPTIMIZERS[cfg.train.optimizer](params, cfg.train)
 
 
 def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> Any:
-    t = cfg.train
-    if t.schedule == "multistep":
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, t.milestones, gamma=t.gamma)
-    if t.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
-    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    """The learning-rate schedule ``train.schedule`` names."""
+    return SCHEDULES[cfg.train.schedule](optimizer, cfg.train)
 
 
 def build_meta(cfg: Config, model: nn.Module, weights: InstanceWeights,

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from betaweighter.data.sources import DATA_SOURCES
 from betaweighter.experiment.loggers import LOGGERS
 from betaweighter.experiment.mirror import mirror, mirror_arg
+from betaweighter.experiment.optimizers import OPTIMIZERS, SCHEDULES
 from betaweighter.experiment.tasks import (
     PATH,
     SEED,
@@ -29,7 +30,7 @@ from betaweighter.experiment.tasks import (
     span,
 )
 from betaweighter.meta.objectives import OBJECTIVES
-from betaweighter.meta.weighter import DIRECTIONS, META_GRADIENTS, MetaWeighter
+from betaweighter.meta.weighter import DIRECTIONS, META_GRADIENTS, PRECISIONS, MetaWeighter
 from betaweighter.models import MODELS
 from betaweighter.pretext.augment import AUGMENTATIONS, PRESETS
 from betaweighter.pretext.base import PRETEXTS
@@ -56,6 +57,9 @@ AUGMENT_PRESETS = tuple(PRESETS)
 
 _range = span
 
+# the names of the tables they come from, as the schema's choices
+OPTIMIZER_NAMES, SCHEDULE_NAMES = tuple(OPTIMIZERS), tuple(SCHEDULES)
+PRECISION_NAMES = tuple(PRECISIONS)
 
 @dataclass
 class ExperimentSection:
@@ -204,16 +208,16 @@ class TrainSection:
     loggers: list[Literal[LOGGERS]] = field(  # type: ignore[valid-type]
         default_factory=lambda: ["csv"])
     batch_size: int = field(default=32, metadata=_range(1))
-    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
+    optimizer: Literal[OPTIMIZER_NAMES] = "sgd"  # type: ignore[valid-type]
     lr: float = field(default=0.1, metadata=_range(0, lo_open=True))
     momentum: float = field(default=0.9, metadata=_range(0, 1))
     weight_decay: float = field(default=1e-4, metadata=_range(0))
-    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    schedule: Literal[SCHEDULE_NAMES] = "multistep"  # type: ignore[valid-type]
     milestones: list[int] = field(default_factory=lambda: [15, 25], metadata=_range(1))
     gamma: float = field(default=0.1, metadata=_range(0, 1, lo_open=True))
     max_steps_per_epoch: int | None = field(default=None, metadata=_range(1))
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal[PRECISION_NAMES] = "fp32"  # type: ignore[valid-type]
     sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over all processes
 
 

@@ -139,3 +139,29 @@ def test_the_command_line_offers_the_declared_names():
             check_task(task, default)  # a known task: only the missing data is refused
     with pytest.raises(ConfigError, match="unknown evaluation task 'invariance'"):
         check_task("invariance", {"data": {}})
+
+
+def test_every_optimizer_and_schedule_a_config_names_builds():
+    from betaweighter.experiment.factory import build_optimizer, build_scheduler
+    from betaweighter.experiment.optimizers import OPTIMIZERS, SCHEDULES
+
+    model = conv_net(4, width=4, blocks=1)
+    for name in OPTIMIZERS:
+        cfg = load_config(overrides=[f"train.optimizer={name}", "train.lr=0.03",
+                                     "train.weight_decay=0.001"])
+        opt = build_optimizer(cfg, model)
+        assert type(opt).__name__.lower() == name
+        assert opt.param_groups[0]["lr"] == 0.03
+        assert opt.param_groups[0]["weight_decay"] == 0.001
+    for name in SCHEDULES:
+        cfg = load_config(overrides=[f"train.schedule={name}", "train.lr=0.1",
+                                     "train.milestones=[1]", "train.epochs=4"])
+        opt = build_optimizer(cfg, model)
+        schedule = build_scheduler(cfg, opt)
+        opt.step()
+        schedule.step()
+        lr = opt.param_groups[0]["lr"]
+        assert lr == pytest.approx({"multistep": 0.01, "cosine": 0.1 * (1 + 2 ** -0.5) / 2,
+                                    "constant": 0.1}[name])
+    with pytest.raises(ConfigError, match=r"'train.optimizer': expected one of 'sgd'"):
+        load_config(overrides=["train.optimizer=lion"])
