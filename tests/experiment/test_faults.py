@@ -104,7 +104,10 @@ def reference(tmp_path_factory, cache) -> Path:
     return out / "r"
 
 
-@pytest.mark.parametrize("how", ["int", "kill", "term",
+# "kill" runs by default; the process-level SIGINT and SIGTERM cases are slow, and the same
+# stop-and-resume paths run in-process in test_interrupts.py (a signal mid-epoch)
+@pytest.mark.parametrize("how", [pytest.param("int", marks=pytest.mark.slow), "kill",
+                                 pytest.param("term", marks=pytest.mark.slow),
                                  pytest.param("end", marks=pytest.mark.slow)])
 def test_interrupt_at_a_random_step_then_resume_matches_an_uninterrupted_run(
         how, reference, tmp_path, cache):
