@@ -297,7 +297,7 @@ def test_bad_settings(bad):
 
 def test_decisions_come_from_rank_zero(monkeypatch):
     """Two ranks whose weights disagree end with rank 0's decision (broadcast simulated)."""
-    import betaweighter.pruning as pruning
+    import betaweighter.pruning.scheduler as scheduler
 
     sent: dict[str, torch.Tensor] = {}
 
@@ -310,7 +310,7 @@ def test_decisions_come_from_rank_zero(monkeypatch):
     monkeypatch.setattr(torch.distributed, "broadcast", fake_broadcast)
     masks = []
     for rank in (0, 1):
-        monkeypatch.setattr(pruning, "world", lambda rank=rank: (2, rank))
+        monkeypatch.setattr(scheduler, "world", lambda rank=rank: (2, rank))
         pruner = PruningScheduler(beta_weights(*known_params(seed=rank)), rule="cdf",
                                   epsilon=0.2)
         pruner.step()

@@ -50,12 +50,11 @@ from betaweighter.pruning.rules import (
 )
 from betaweighter.pruning.schedule import PruningSchedule
 from betaweighter.pruning.scheduler import STATE_FORMAT, PruningScheduler
-from betaweighter.runtime import world
 
 __all__ = ["CONTROL_RULES", "PRUNING_RULES", "RULES", "STATE_FORMAT", "BudgetRule", "CDFRule",
            "Candidates", "LowestRule", "MatchedRule", "PruningRule", "PruningSchedule",
            "PruningScheduler", "QuantileRule", "RandomRule", "ThresholdRule",
-           "register_pruning_rule", "unpruned_loader", "unpruned_sampler", "world"]
+           "register_pruning_rule", "unpruned_loader", "unpruned_sampler"]
 
 #: The built-in rules' names (`PRUNING_RULES` also holds those registered later).
 RULES = PRUNING_RULES.names()

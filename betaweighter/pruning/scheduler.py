@@ -23,6 +23,7 @@ from betaweighter.pruning.rules import (
     rule_options,
 )
 from betaweighter.pruning.schedule import PruningSchedule
+from betaweighter.runtime import world
 from betaweighter.weights.base import InstanceWeights
 
 __all__ = ["STATE_FORMAT", "PruningScheduler"]
@@ -150,7 +151,7 @@ class PruningScheduler:
     def sampler(self, shuffle: bool = True) -> SubsetEpochSampler:
         """The sampler `loader` uses: this epoch's kept instances, in an order drawn from
         (seed, epoch), this process's share of them under `torch.distributed`."""
-        replicas, rank = _world()
+        replicas, rank = world()
         return SubsetEpochSampler(lambda: (self.active_indices(), self.epoch), self.seed,
                                   shuffle=shuffle, num_replicas=replicas, rank=rank)
 
@@ -342,17 +343,9 @@ def _unused_defaults() -> dict[str, Any]:
     return out
 
 
-def _world() -> tuple[int, int]:
-    """`betaweighter.runtime.world`, looked up on the package when called: replacing
-    ``betaweighter.pruning.world`` simulates other ranks (as the tests do)."""
-    from betaweighter import pruning
-
-    return pruning.world()
-
-
 def _broadcast(mask: np.ndarray) -> None:
     """Overwrite `mask` in place with rank 0's copy (a no-op outside torch.distributed)."""
-    replicas, _ = _world()
+    replicas, _ = world()
     if replicas == 1:
         return
     dist = torch.distributed
